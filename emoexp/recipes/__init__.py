@@ -1,0 +1,1 @@
+"""Pipeline stages. Each recipe owns Fabric: ``setup()`` then ``fabric.launch(main)``."""

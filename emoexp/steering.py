@@ -1,0 +1,271 @@
+"""Add a per-layer direction to a model's hidden states while a context is open.
+
+``steer(model, directions)`` registers forward hooks on the chosen site of the chosen
+decoder blocks and removes them in ``finally``. Positions are absolute (read from the KV
+cache length, never from the current call's length), so cached and uncached decoding
+steer the same tokens.
+
+Example:
+    >>> with steer(model, 2.0 * evs.combine({"joy": 1.0})):           # doctest: +SKIP
+    ...     out = model.generate(**batch, max_new_tokens=40)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .layers import SITES, find_layers, hidden_of, replace_hidden, resolve_layers, site_module
+
+__all__ = ["POSITIONS", "Steering", "check_finite", "steer", "self_test"]
+
+#: ``all``: every position, prompt included. ``generated``: the last prompt position and
+#: every generated one (what the paper authors' last-position edit does under a KV cache).
+POSITIONS = ("all", "generated")
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or inf (names ``what`` and where)."""
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise ValueError(f"{what} contains NaN or inf (first at index {idx}, {int(bad.sum())} values)")
+
+
+def _past_length(kwargs: dict) -> int | None:
+    """Tokens already in the KV cache before this call; ``None`` if no cache was passed."""
+    for key in ("cache", "past_key_values", "past_key_value"):
+        cache = kwargs.get(key)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+            first = cache[0][0] if isinstance(cache[0], (tuple, list)) else cache[0]
+            if isinstance(first, torch.Tensor):
+                return int(first.shape[-2])
+    cp = kwargs.get("cache_position")
+    if isinstance(cp, torch.Tensor) and cp.numel():
+        return int(cp.reshape(-1)[0])
+    return None
+
+
+@dataclass
+class _Positions:
+    """Tracks absolute positions across forward calls of one model.
+
+    A call that starts with an empty cache is a new prompt, unless (uncached decoding) its
+    ``input_ids`` strictly extend the previous call's: then it is the same sequence grown.
+    """
+
+    prompt_len: int = 0
+    past_len: int = 0
+    uncached: bool = False
+    last_ids: torch.Tensor | None = None
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        emb = kwargs.get("inputs_embeds")
+        x = ids if ids is not None else emb
+        if x is None:
+            return
+        t = int(x.shape[1])
+        past = _past_length(kwargs)
+        if past:  # a non-empty cache: this call continues the current sequence
+            self.past_len = past
+            self.uncached = False
+        else:
+            # No cache at all (use_cache=False): a call whose ids strictly extend the
+            # previous uncached call's ids is the same sequence recomputed one token longer.
+            extends = (
+                past is None and self.uncached and ids is not None and self.last_ids is not None
+                and ids.shape[0] == self.last_ids.shape[0] and t > self.last_ids.shape[1]
+                and torch.equal(ids[:, : self.last_ids.shape[1]], self.last_ids)
+            )
+            if not extends:
+                self.prompt_len = t
+            self.past_len = 0
+            self.uncached = past is None
+            self.last_ids = ids.detach() if ids is not None else None
+
+    def mask(self, t: int, device: torch.device) -> torch.Tensor:
+        """[t] bool: which of this call's positions are at or after the last prompt token."""
+        absolute = torch.arange(self.past_len, self.past_len + t, device=device)
+        return absolute >= self.prompt_len - 1
+
+
+@dataclass
+class Steering:
+    """Handle returned by :func:`steer`: the resolved layers and the recorded doses."""
+
+    layers: list[int]
+    site: str
+    positions: str
+    record_dose: bool = False
+    _dose_sum: dict[int, float] = field(default_factory=dict)
+    _dose_n: dict[int, int] = field(default_factory=dict)
+
+    def doses(self) -> dict[int, float]:
+        """Mean relative dose ‖α·EV_l‖ / ‖h_l‖ per steered layer (over steered tokens seen)."""
+        return {l: self._dose_sum[l] / self._dose_n[l] for l in self._dose_sum if self._dose_n[l]}
+
+
+def _validate(model: nn.Module, directions: torch.Tensor, blocks: list[nn.Module]) -> None:
+    if not isinstance(directions, torch.Tensor):
+        raise TypeError(f"directions must be a torch.Tensor [num_layers, hidden_size], got {type(directions).__name__}")
+    if directions.dim() != 2:
+        raise ValueError(f"directions must be 2-D [num_layers, hidden_size], got shape {tuple(directions.shape)}")
+    hidden = _hidden_size(model)
+    if directions.shape[0] != len(blocks):
+        raise ValueError(f"directions have {directions.shape[0]} layers but the model has {len(blocks)}")
+    if hidden is not None and directions.shape[1] != hidden:
+        raise ValueError(f"directions have hidden size {directions.shape[1]} but the model's hidden size is {hidden}")
+    check_finite(directions, "directions")
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    with contextlib.suppress(Exception):
+        cfg = cfg.get_text_config()
+    for key in ("hidden_size", "n_embd", "d_model"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def _refuse_compiled(model: nn.Module, blocks: list[nn.Module]) -> None:
+    compiled = [m for m in (model, *blocks) if getattr(m, "_compiled_call_impl", None) is not None]
+    if hasattr(model, "_orig_mod") or compiled:
+        raise RuntimeError(
+            "steer() cannot hook a torch.compile'd model: hooks registered after compiling are "
+            "silently ignored. Steer the eager model, or fold the vector in with "
+            "emoexp.fold_into_bias() before compiling."
+        )
+
+
+@contextlib.contextmanager
+def steer(
+    model: nn.Module,
+    directions: torch.Tensor,
+    *,
+    layers: Sequence[int] | int | None = None,
+    site: str = "residual",
+    positions: str = "all",
+    layers_path: str | None = None,
+    record_dose: bool = False,
+) -> Iterator[Steering]:
+    """Add ``directions[l]`` to the output of ``site`` in each chosen decoder block ``l``.
+
+    Args:
+        model: a causal LM (eager, not ``torch.compile``'d).
+        directions: [num_layers, hidden_size]; row ``l`` is added at layer ``l``. Scale it
+            yourself (``alpha * evs.combine(...)``).
+        layers: indices to steer (``None`` = all; negative counts from the end).
+        site: ``residual`` (block output), ``attn`` (attention output) or ``mlp``.
+        positions: ``all`` or ``generated`` (last prompt token and every generated one).
+        layers_path: dotted path of the block list, overriding discovery.
+        record_dose: record ‖directions[l]‖ / ‖h_l‖ per layer, read with ``.doses()``.
+
+    Yields:
+        A :class:`Steering` handle. Contexts nest and add up; hooks are removed on exit,
+        also when the body raises.
+
+    Example:
+        >>> with steer(model, torch.zeros(n_layers, hidden), layers=[-1]) as s:  # doctest: +SKIP
+        ...     model(input_ids)
+    """
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
+    blocks = find_layers(model, layers_path)
+    _refuse_compiled(model, blocks)
+    _validate(model, directions, blocks)
+    chosen = resolve_layers(layers, len(blocks))
+    modules = [site_module(blocks[l], site) for l in chosen]
+    handle = Steering(layers=chosen, site=site, positions=positions, record_dose=record_dose)
+    tracker = _Positions()
+    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def vector(like: torch.Tensor) -> torch.Tensor:
+        key = (like.dtype, like.device)
+        if key not in cast:  # moved once per dtype/device, not per call
+            cast[key] = directions.detach().to(device=like.device, dtype=like.dtype)
+        return cast[key]
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple, output: object) -> object:
+            h = hidden_of(output)
+            v = vector(h)[layer]
+            if positions == "all":
+                mask = None
+            else:
+                mask = tracker.mask(h.shape[-2], h.device)
+                if not bool(mask.any()):
+                    return None
+            if record_dose:
+                hs = h if mask is None else h[..., mask, :]
+                hn = hs.float().norm(dim=-1)
+                handle._dose_sum[layer] = handle._dose_sum.get(layer, 0.0) + float((v.float().norm() / hn.clamp_min(1e-12)).sum())
+                handle._dose_n[layer] = handle._dose_n.get(layer, 0) + hn.numel()
+            if mask is None:
+                new = h + v
+            else:
+                new = h + mask.to(h.dtype).unsqueeze(-1) * v
+            return replace_hidden(output, new)
+
+        return hook
+
+    hooks = []
+    try:
+        if positions == "generated":
+            hooks.append(model.register_forward_pre_hook(tracker.pre_hook, with_kwargs=True))
+        for l, m in zip(chosen, modules):
+            hooks.append(m.register_forward_hook(make_hook(l)))
+        yield handle
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def self_test(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    site: str = "residual",
+    layers: Sequence[int] | None = None,
+    scale: float = 1.0,
+    layers_path: str | None = None,
+) -> dict[int, float]:
+    """Check that steering each targeted layer alone changes the logits.
+
+    Steers one layer at a time with a random direction of norm ``scale`` times the hidden
+    state's typical norm and returns the max abs logit change per layer.
+
+    Raises:
+        RuntimeError: some layer's steering left the logits unchanged (a silent no-op).
+    """
+    blocks = find_layers(model, layers_path)
+    hidden = _hidden_size(model)
+    if hidden is None:
+        raise ValueError("cannot tell the model's hidden size from its config")
+    base = model(input_ids).logits
+    gen = torch.Generator().manual_seed(0)
+    out: dict[int, float] = {}
+    for l in resolve_layers(layers, len(blocks)):
+        d = torch.zeros(len(blocks), hidden)
+        d[l] = torch.randn(hidden, generator=gen) * scale
+        with steer(model, d, layers=[l], site=site, layers_path=layers_path):
+            out[l] = float((model(input_ids).logits - base).abs().max())
+    dead = [l for l, v in out.items() if not v > 0]
+    if dead:
+        raise RuntimeError(f"steering at site {site!r} did not change the logits at layers {dead}")
+    return out

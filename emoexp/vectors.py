@@ -1,0 +1,222 @@
+"""EmotionVectors: per-emotion [num_layers, hidden_size] tensors plus metadata, in one
+safetensors file.
+
+The file holds one float32 tensor per emotion, named by the emotion; the header's
+``__metadata__`` holds ``{"format": "emoexp-ev/1", "emoexp": "<JSON>"}`` where the JSON has
+the model id, site, token scope, conditioning, queries per emotion, per-layer norms and
+library versions.
+
+Example:
+    >>> evs = EmotionVectors.load("evs.safetensors")                 # doctest: +SKIP
+    >>> d = evs.combine({"joy": 2.0, "anger": -1.0})                 # [L, H]
+    >>> d_base = evs.combine({"base": 1.0})                          # mean of the emotions
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["EMOTIONS", "FORMAT", "EmotionVectors", "VectorFileError", "import_official", "library_versions"]
+
+#: The five emotions of the paper, in a fixed order.
+EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness")
+FORMAT = "emoexp-ev/1"
+
+
+class VectorFileError(ValueError):
+    """A vector file is missing, corrupt, foreign or inconsistent."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers (for metadata and provenance)."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("emoexp", "torch", "transformers", "lightning", "safetensors"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class EmotionVectors:
+    """Per-emotion steering vectors for one model.
+
+    Attributes:
+        emotions: the stored emotion names (sorted).
+        num_layers, hidden_size: the tensors' shape.
+        metadata: a JSON-able dict (model id, site, scope, conditioning, counts, ...).
+    """
+
+    def __init__(self, vectors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None):
+        if not vectors:
+            raise ValueError("EmotionVectors needs at least one emotion")
+        shapes = {tuple(v.shape) for v in vectors.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"all vectors must share one [num_layers, hidden_size] shape, got {sorted(shapes)}")
+        if "base" in vectors:
+            raise ValueError("'base' is reserved for the mean of the stored emotions")
+        for name, v in vectors.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"invalid emotion name {name!r}")
+            if not torch.isfinite(v).all():
+                raise ValueError(f"vector for {name!r} contains NaN or inf")
+        self._vectors = {k: vectors[k].detach().float().cpu().contiguous() for k in sorted(vectors)}
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def emotions(self) -> list[str]:
+        return list(self._vectors)
+
+    @property
+    def num_layers(self) -> int:
+        return next(iter(self._vectors.values())).shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return next(iter(self._vectors.values())).shape[1]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name == "base":
+            return torch.stack(list(self._vectors.values())).mean(0)
+        if name not in self._vectors:
+            raise KeyError(f"unknown emotion {name!r}; stored: {', '.join(self.emotions)} (and 'base')")
+        return self._vectors[name]
+
+    def __repr__(self) -> str:
+        return (f"EmotionVectors({', '.join(self.emotions)}; {self.num_layers} layers x {self.hidden_size}; "
+                f"site={self.metadata.get('site')!r}, model={self.metadata.get('model_id')!r})")
+
+    def combine(self, weights: Mapping[str, float]) -> torch.Tensor:
+        """Σ_k weights[k] · EV_k as a float32 [num_layers, hidden_size] tensor.
+
+        ``base`` names the mean of the stored emotions.
+
+        Raises:
+            KeyError: unknown emotion (lists the valid ones).
+            ValueError: a NaN or infinite weight.
+
+        Example:
+            >>> evs.combine({"joy": 2.0, "anger": -1.0})  # doctest: +SKIP
+        """
+        out = torch.zeros(self.num_layers, self.hidden_size)
+        for name, w in weights.items():
+            if not math.isfinite(float(w)):
+                raise ValueError(f"weight for {name!r} is {w}: weights must be finite")
+            out += float(w) * self[name]
+        return out
+
+    def norms(self) -> dict[str, list[float]]:
+        """Per-layer L2 norms of each emotion's vector."""
+        return {k: v.norm(dim=-1).tolist() for k, v in self._vectors.items()}
+
+    def cosine(self, layers: list[int] | None = None) -> torch.Tensor:
+        """[E, E] cosine similarity between emotions over the chosen layers' concatenation."""
+        idx = list(range(self.num_layers)) if layers is None else layers
+        flat = torch.stack([v[idx].flatten() for v in self._vectors.values()])
+        flat = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return flat @ flat.T
+
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (float32 tensor per emotion + JSON metadata)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.metadata, "per_layer_norms": self.norms()}
+        meta.setdefault("library_versions", library_versions())
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(dict(self._vectors), str(tmp), metadata={"format": FORMAT, "emoexp": json.dumps(meta)})
+        tmp.replace(path)  # atomic: a killed run never leaves half a file
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmotionVectors:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            VectorFileError: missing, corrupt, foreign (not emoexp), or inconsistent file.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise VectorFileError(f"no vector file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises several types for bad bytes
+            raise VectorFileError(f"{path} is not a readable safetensors file: {e}") from e
+        if header.get("format") != FORMAT or "emoexp" not in header:
+            raise VectorFileError(
+                f"{path} is a safetensors file but not an emoexp vector file (format={header.get('format')!r}); "
+                "use emoexp.import_official() for the paper authors' JSON vectors"
+            )
+        try:
+            meta = json.loads(header["emoexp"])
+        except json.JSONDecodeError as e:
+            raise VectorFileError(f"{path}: metadata is not valid JSON ({e})") from e
+        try:
+            return cls(tensors, meta)
+        except ValueError as e:
+            raise VectorFileError(f"{path}: {e}") from e
+
+
+def import_official(source: str | Path, *, model_id: str | None = None) -> EmotionVectors:
+    """Import the paper authors' released EV JSON files (``{"<layer>": [[h floats]]}`` each).
+
+    Args:
+        source: a directory of ``*_<emotion>.json`` files, or one such file.
+        model_id: the model the vectors belong to (e.g. ``Qwen/Qwen2.5-7B-Instruct``).
+
+    Returns:
+        EmotionVectors marked ``site="attn"``, ``positions="generated"`` and
+        ``source="official"``: they are attention-output deltas, not residual ones.
+
+    Raises:
+        VectorFileError: no files, malformed JSON, missing layers or ragged shapes.
+    """
+    source = Path(source)
+    files = sorted(source.glob("*.json")) if source.is_dir() else [source]
+    if not files or not all(f.is_file() for f in files):
+        raise VectorFileError(f"no authors' EV JSON files at {source}")
+    vectors: dict[str, torch.Tensor] = {}
+    for f in files:
+        emotion = f.stem.rsplit("_", 1)[-1].lower()
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise VectorFileError(f"{f}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+        if not isinstance(data, dict) or not data:
+            raise VectorFileError(f"{f}: expected an object {{'<layer>': [[floats]]}}")
+        try:
+            keys = sorted(data, key=int)
+        except ValueError as e:
+            raise VectorFileError(f"{f}: layer keys must be integers ({e})") from e
+        if [int(k) for k in keys] != list(range(len(keys))):
+            raise VectorFileError(f"{f}: layers are not 0..{len(keys) - 1} (got {keys[:5]}...)")
+        try:
+            rows = [torch.tensor(data[k], dtype=torch.float32).reshape(-1) for k in keys]
+            vectors[emotion] = torch.stack(rows)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise VectorFileError(f"{f}: ragged or non-numeric vectors ({e})") from e
+    meta = {
+        "model_id": model_id, "site": "attn", "positions": "generated", "token_scope": None,
+        "source": "official",
+        "note": "imported from the paper authors' released JSON: attention-output deltas, "
+                "steer with site='attn' (their code edits the last position of each call)",
+        "files": [f.name for f in files],
+    }
+    try:
+        return EmotionVectors(vectors, meta)
+    except ValueError as e:
+        raise VectorFileError(f"{source}: {e}") from e

