@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from .layers import find_layers, hidden_of, resolve_layers, site_module
 
-__all__ = ["SCOPES", "ActivationSums", "capture", "scope_mask"]
+__all__ = ["SCOPES", "ActivationSums", "capture", "forward_kwargs", "scope_mask"]
 
 #: ``response``: tokens after the prompt; ``prompt``: the prompt's tokens; ``all``: both;
 #: ``last``: the last prompt token only (whose output predicts the first response token).
@@ -112,6 +113,16 @@ def scope_mask(attention_mask: torch.Tensor, prompt_width: int, scope: str) -> t
     return real & (pos == prompt_width - 1)
 
 
+def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """Inputs for a padded forward pass, with position ids from the attention mask (as
+    ``generate`` computes them) where the model takes them, so a left-padded row sees the
+    same positions as the row alone."""
+    kw = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    return kw
+
+
 @torch.no_grad()
 def capture(
     model: nn.Module,
@@ -154,7 +165,7 @@ def capture(
 
     hooks = [site_module(blocks[l], site).register_forward_hook(make_hook(l)) for l in chosen]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(**forward_kwargs(model, input_ids, attention_mask), use_cache=False)
     finally:
         for h in hooks:
             h.remove()

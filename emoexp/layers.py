@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["SITES", "find_layers", "layer_path", "resolve_layers", "site_module"]
+__all__ = ["SITES", "LayerDiscoveryError", "find_layers", "hidden_of", "layer_path", "replace_hidden",
+           "resolve_layers", "site_module"]
 
 #: Where a vector can be read or added: the block output, the attention output, the MLP output.
 SITES = ("residual", "attn", "mlp")
@@ -123,8 +124,7 @@ def find_layers(model: nn.Module, layers_path: str | None = None) -> list[nn.Mod
                 f"{type(model).__name__}. Candidate module lists:\n{_describe(_module_lists(model))}"
             )
         return list(ml)
-    root = model
-    return list(operator.attrgetter(layer_path(root))(root))
+    return list(operator.attrgetter(layer_path(model))(model))
 
 
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
