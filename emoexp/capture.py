@@ -22,7 +22,7 @@ from torch import nn
 
 from .layers import find_layers, hidden_of, resolve_layers, site_module
 
-__all__ = ["SCOPES", "ActivationSums", "capture", "forward_kwargs", "scope_mask"]
+__all__ = ["SCOPES", "ActivationSums", "capture", "capture_groups", "forward_kwargs", "scope_mask"]
 
 #: ``response``: tokens after the prompt; ``prompt``: the prompt's tokens; ``all``: both;
 #: ``last``: the last prompt token only (whose output predicts the first response token).
@@ -147,19 +147,36 @@ def capture(
     Returns:
         :class:`ActivationSums` over all layers of the model.
     """
+    groups = torch.zeros(input_ids.shape[0], dtype=torch.long)
+    return capture_groups(model, input_ids, attention_mask, token_mask, groups, 1, site=site, layers=layers,
+                          layers_path=layers_path)[0]
+
+
+@torch.no_grad()
+def capture_groups(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_mask: torch.Tensor,
+    groups: torch.Tensor,
+    n_groups: int,
+    *,
+    site: str = "residual",
+    layers: Sequence[int] | None = None,
+    layers_path: str | None = None,
+) -> list[ActivationSums]:
+    """Like :func:`capture`, with rows split into ``n_groups`` by ``groups`` [B] in one pass."""
     blocks = find_layers(model, layers_path)
     chosen = resolve_layers(layers, len(blocks))
-    counted = (token_mask.bool() & attention_mask.bool())
-    per_row = counted.sum(1)  # [B]
-    has = per_row > 0
+    counted = token_mask.bool() & attention_mask.bool()
+    per_row = counted.sum(1).cpu()  # [B]
     weights = counted.double().unsqueeze(-1)  # [B, T, 1]
     captured: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             h = hidden_of(output)
-            row_sum = (h.double() * weights.to(h.device)).sum(1)  # [B, H]
-            captured[layer] = row_sum.cpu()
+            captured[layer] = (h.double() * weights.to(h.device)).sum(1).cpu()  # [B, H]
 
         return hook
 
@@ -170,12 +187,17 @@ def capture(
         for h in hooks:
             h.remove()
     hidden = next(iter(captured.values())).shape[-1]
-    out = ActivationSums.zeros(len(blocks), hidden)
-    denom = per_row.clamp_min(1).double().unsqueeze(-1).cpu()
-    hascpu = has.cpu()
-    for l, row_sum in captured.items():
-        out.token_sum[l] = row_sum.sum(0)
-        out.row_mean_sum[l] = (row_sum / denom)[hascpu].sum(0)
-        out.n_tokens[l] = int(per_row.sum())
-    out.n_rows = int(has.sum())
-    return out
+    groups = groups.cpu()
+    has = per_row > 0
+    denom = per_row.clamp_min(1).double().unsqueeze(-1)
+    outs = []
+    for g in range(n_groups):
+        sel = groups == g
+        out = ActivationSums.zeros(len(blocks), hidden)
+        for l, row_sum in captured.items():
+            out.token_sum[l] = row_sum[sel].sum(0)
+            out.row_mean_sum[l] = (row_sum / denom)[sel & has].sum(0)
+            out.n_tokens[l] = int(per_row[sel].sum())
+        out.n_rows = int((sel & has).sum())
+        outs.append(out)
+    return outs

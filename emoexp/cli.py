@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -16,7 +17,6 @@ __all__ = ["COMMANDS", "main"]
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("emoexp.recipes.run", "the main job: extract -> steer -> evaluate -> MLflow -> table"),
-    "demo": ("emoexp.recipes.demo", "a short real demo that steers a tiny model"),
     "extract": ("emoexp.recipes.extract", "extract emotion vectors (Fabric, multi-GPU/-node)"),
     "generate": ("emoexp.recipes.generate", "steered generation over an alpha grid (Fabric)"),
     "evaluate": ("emoexp.recipes.evaluate", "score generation files with the paper's metrics"),
@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(COMMANDS[name][0])
         mod.add_arguments(parser)
         args = parser.parse_args(argv[1:])
-        return int(mod.main(args) or 0)
+        try:
+            return int(mod.main(args) or 0)
+        except Exception as e:  # our own errors are messages for the user, not tracebacks
+            if type(e).__module__.startswith("emoexp.") and not os.environ.get("EMOEXP_TRACEBACK"):
+                print(f"emoexp {name}: error: {e}", file=sys.stderr)
+                return 2
+            raise
     args = parser.parse_args(argv)
     parser.print_help()
     return 0 if args.command is None and not argv else 2

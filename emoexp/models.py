@@ -23,9 +23,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["SMOLLM2", "ModelSpecError", "cache_dir", "load_model", "load_tokenizer", "smollm2_dir", "tiny_config"]
+__all__ = ["REMOTE_CODE_MODELS", "SMOLLM2", "ModelSpecError", "cache_dir", "load_model", "load_tokenizer", "smollm2_dir", "tiny_config"]
 
 SMOLLM2 = "smollm2"
+#: Hub families that ship their own modelling code: loading them needs trust_remote_code,
+#: which a config must opt into.
+REMOTE_CODE_MODELS = frozenset({"Qwen/Qwen-7B-Chat", "baichuan-inc/Baichuan2-7B-Chat", "openbmb/MiniCPM3-4B"})
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 

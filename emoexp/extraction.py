@@ -1,0 +1,142 @@
+"""Extraction of emotion vectors, one batch at a time (plain PyTorch, no Fabric).
+
+For each query of emotion ``e`` two responses are generated: one under the neutral
+instruction, one under the emotion-conditioned instruction. One extra forward pass over
+``prompt + response`` captures the site's activations over the token scope. Sums are kept
+per (emotion, condition, half) where ``half`` is the query's position parity, so the EV and
+a split-half EV for stability come from the same pass.
+
+    EV_e[l] = mean_q h_l(q, e-conditioned) - mean_q h_l(q, neutral)
+
+Example:
+    >>> items = extraction_items(queries, ["joy", "anger"])             # doctest: +SKIP
+    >>> acc = Accumulator.empty(items, num_layers=30, hidden=576)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .capture import ActivationSums, capture_groups, scope_mask
+from .datasets import Query
+from .generation import capture_batch, generate
+
+__all__ = ["Accumulator", "ExtractItem", "extract_batch", "extraction_items", "vectors_from"]
+
+CONDITIONS = ("neutral", "emotional")
+
+
+@dataclass(frozen=True)
+class ExtractItem:
+    """One response to generate: a query under the neutral or the emotion-conditioned prompt."""
+
+    query: Query
+    emotion: str
+    condition: str  # neutral | emotional
+    half: int  # 0 or 1: parity of the query's rank within its emotion
+
+    @property
+    def key(self) -> str:
+        return f"{self.emotion}/{self.condition}/{self.half}"
+
+
+def extraction_items(queries: Sequence[Query], emotions: Sequence[str]) -> list[ExtractItem]:
+    """Two items (neutral, emotional) per query whose label is in ``emotions``, in dataset order."""
+    items: list[ExtractItem] = []
+    seen: dict[str, int] = {}
+    for q in queries:
+        if q.emotion not in emotions:
+            continue
+        rank = seen.get(q.emotion, 0)
+        seen[q.emotion] = rank + 1
+        for cond in CONDITIONS:
+            items.append(ExtractItem(q, q.emotion, cond, rank % 2))
+    missing = [e for e in emotions if e not in seen]
+    if missing:
+        raise ValueError(f"no queries labelled {', '.join(missing)} in the dataset")
+    return items
+
+
+class Accumulator:
+    """ActivationSums per key, packable into one float64 tensor in a fixed key order."""
+
+    def __init__(self, keys: Sequence[str], num_layers: int, hidden: int):
+        self.keys = sorted(set(keys))
+        self.num_layers, self.hidden = num_layers, hidden
+        self.sums = {k: ActivationSums.zeros(num_layers, hidden) for k in self.keys}
+
+    @classmethod
+    def empty(cls, items: Sequence[ExtractItem], num_layers: int, hidden: int) -> Accumulator:
+        return cls([i.key for i in items], num_layers, hidden)
+
+    def add(self, key: str, sums: ActivationSums) -> None:
+        self.sums[key] = self.sums[key] + sums
+
+    def pack(self) -> torch.Tensor:
+        return torch.cat([self.sums[k].pack() for k in self.keys])
+
+    def load_packed(self, flat: torch.Tensor) -> Accumulator:
+        n = flat.numel() // len(self.keys)
+        for i, k in enumerate(self.keys):
+            self.sums[k] = ActivationSums.unpack(flat[i * n: (i + 1) * n], self.num_layers, self.hidden)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys, "packed": self.pack()}
+
+
+def extract_batch(
+    model: Any,
+    tok: Any,
+    items: Sequence[ExtractItem],
+    prompts: Sequence[Sequence[int]],
+    *,
+    site: str,
+    scope: str,
+    max_new_tokens: int,
+    layers_path: str | None = None,
+    seed: int | None = None,
+) -> tuple[dict[str, ActivationSums], list[dict[str, Any]]]:
+    """Generate the batch's responses and capture their activations.
+
+    Returns:
+        Sums per item key (one forward pass per key group) and one JSON-able row per item.
+    """
+    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
+    token_mask = scope_mask(mask, width, scope)
+    keys = sorted({it.key for it in items})
+    groups = torch.tensor([keys.index(it.key) for it in items])
+    sums = capture_groups(model, ids, mask, token_mask, groups, len(keys), site=site, layers_path=layers_path)
+    out = dict(zip(keys, sums))
+    rows_out = [
+        {"id": it.query.id, "index": it.query.index, "emotion": it.emotion, "condition": it.condition,
+         "query": it.query.query, "response": g.text, "n_tokens": len(g.response_ids), "finished": g.finished}
+        for it, g in zip(items, gens)
+    ]
+    return out, rows_out
+
+
+def vectors_from(acc: Accumulator, emotions: Sequence[str], weighting: str = "query") -> tuple[
+        dict[str, torch.Tensor], dict[str, list[float]]]:
+    """EVs per emotion and the per-layer cosine between the two split-half EVs."""
+    evs: dict[str, torch.Tensor] = {}
+    stability: dict[str, list[float]] = {}
+    for e in emotions:
+        halves = []
+        full = {}
+        for cond in CONDITIONS:
+            s0, s1 = acc.sums[f"{e}/{cond}/0"], acc.sums.get(f"{e}/{cond}/1")
+            full[cond] = (s0 + s1 if s1 is not None else s0).mean(weighting)
+        evs[e] = (full["emotional"] - full["neutral"]).float()
+        if f"{e}/neutral/1" in acc.sums and acc.sums[f"{e}/neutral/1"].n_rows:
+            for h in (0, 1):
+                halves.append(acc.sums[f"{e}/emotional/{h}"].mean(weighting) - acc.sums[f"{e}/neutral/{h}"].mean(weighting))
+            stability[e] = torch.nn.functional.cosine_similarity(halves[0], halves[1], dim=-1).tolist()
+    return evs, stability

@@ -1,0 +1,123 @@
+"""Batched generation with left padding, and deterministic global batching.
+
+Plain PyTorch + transformers; no Fabric. Batches are formed from the whole item list
+(sorted by prompt length, then index) before any rank sees them, so every item meets the
+same batch-mates whatever the world size.
+
+Example:
+    >>> batches = make_batches([len(p) for p in prompts], batch_size=8)   # doctest: +SKIP
+    >>> outs = generate(model, tok, [prompts[i] for i in batches[0]], max_new_tokens=40)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Generated", "capture_batch", "eos_ids", "generate", "left_pad", "make_batches"]
+
+
+@dataclass
+class Generated:
+    """One generated response: token ids without the stop token, its text, and whether it stopped."""
+
+    response_ids: list[int]
+    text: str
+    finished: bool
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
+    """Deterministic batches of item indices (length-sorted so padding is small).
+
+    Example:
+        >>> make_batches([3, 9, 4, 8], 2)
+        [[1, 3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if sort else list(range(len(lengths)))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(input_ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def eos_ids(model: Any, tok: Any) -> list[int]:
+    """All stop token ids known to the tokenizer and the generation config."""
+    ids: set[int] = set()
+    for v in (getattr(tok, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    temperature: float = 0.6,
+    top_p: float = 0.9,
+    seed: int | None = None,
+) -> list[Generated]:
+    """Generate one response per prompt (token ids), batched with left padding.
+
+    Greedy by default; with ``do_sample`` the RNG is seeded with ``seed`` right before the
+    call, so a batch's samples do not depend on what ran before it.
+    """
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad, device)
+    stops = eos_ids(model, tok)
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+                              eos_token_id=stops or None)
+    if do_sample:
+        kw.update(temperature=temperature, top_p=top_p)
+        if seed is not None:
+            torch.manual_seed(seed)
+    else:
+        kw.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+    new = out[:, ids.shape[1]:].tolist()
+    results = []
+    for row in new:
+        cut = next((i for i, t in enumerate(row) if t in stops), None)
+        resp = row if cut is None else row[:cut]
+        results.append(Generated(resp, tok.decode(resp, skip_special_tokens=True), cut is not None))
+    return results
+
+
+def capture_batch(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``[left-padded prompt | right-padded response]`` ids and mask, and the prompt width.
+
+    This is the layout :func:`emoexp.capture.scope_mask` expects.
+    """
+    p_ids, p_mask = left_pad(prompts, pad_id)
+    rw = max((len(r) for r in responses), default=0)
+    r_ids = torch.full((len(responses), rw), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((len(responses), rw), dtype=torch.long)
+    for i, r in enumerate(responses):
+        if len(r):
+            r_ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            r_mask[i, : len(r)] = 1
+    ids = torch.cat([p_ids, r_ids], 1).to(device)
+    mask = torch.cat([p_mask, r_mask], 1).to(device)
+    return ids, mask, p_ids.shape[1]
+

@@ -1,0 +1,200 @@
+"""``emoexp generate``: steered generation over a grid of targets x alphas x conditions.
+
+The grid is: one ``unsteered`` pass, one ``prompt`` baseline pass per single-emotion target
+(the emotional instruction in the prompt, no steering), and one ``steered`` pass per
+(target, alpha). Batches (left-padded, length-sorted) are formed per grid entry, numbered
+globally and dealt to ranks; each rank appends its rows to its own JSONL shard, flushed per
+batch; rank 0 merges them in grid and dataset order and checks there are no gaps.
+Steered rows at alpha = 0 are the unsteered rows (a zero direction is bit-identical), reused
+rather than recomputed.
+
+Example:
+    emoexp generate --model smollm2 --vectors outputs/evs.safetensors --limit 4 --alphas=-1,0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import GenerateConfig, add_dataclass_arguments, config_from_args, fingerprint, parse_target
+
+__all__ = ["add_arguments", "generate", "grid", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, GenerateConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    generate(config_from_args(GenerateConfig, args))
+    return 0
+
+
+def grid(cfg: GenerateConfig) -> list[dict[str, Any]]:
+    """The grid entries, in output order."""
+    entries: list[dict[str, Any]] = []
+    if "unsteered" in cfg.conditions:
+        entries.append({"condition": "unsteered", "target": None, "weights": None, "alpha": None})
+    for t in cfg.targets:
+        w = parse_target(t)
+        single = len(w) == 1 and next(iter(w)) != "base" and next(iter(w.values())) == 1.0
+        if "prompt" in cfg.conditions and single:
+            entries.append({"condition": "prompt", "target": t, "weights": None, "alpha": None})
+        if "steered" in cfg.conditions:
+            for a in cfg.alphas:
+                entries.append({"condition": "steered", "target": t, "weights": w, "alpha": a})
+    return entries
+
+
+def generate(cfg: GenerateConfig) -> Path:
+    """Run the grid for ``cfg`` (launching ``devices`` processes); returns the merged JSONL."""
+    from ..runtime import check_resources, make_fabric
+    from ..vectors import EmotionVectors
+    from ..workdir import WorkDir
+
+    check_resources(cfg, outputs=[cfg.out])
+    if "steered" in cfg.conditions:
+        EmotionVectors.load(cfg.vectors)  # a missing or corrupt file fails before any model loads
+    WorkDir(cfg.out).claim(fingerprint(cfg))
+    fabric = make_fabric(cfg)
+    fabric.launch(_launched, cfg)
+    return Path(cfg.out)
+
+
+def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = None) -> None:
+    """One rank's work; ``loaded`` is an already loaded ``(model, tokenizer)`` (from ``emoexp run``)."""
+    from tqdm.auto import tqdm
+
+    from ..datasets import load_queries
+    from ..generation import generate as gen
+    from ..generation import make_batches
+    from ..models import describe, load_model
+    from ..prompts import Conditioning, encode_prompts, generation_prompt
+    from ..runtime import Preemption, finish, model_dtype, my_batches
+    from ..steering import steer
+    from ..vectors import EmotionVectors
+    from ..workdir import WorkDir
+
+    rank, world = fabric.global_rank, fabric.world_size
+    preempt = Preemption()
+    wd = WorkDir(cfg.out)
+    wd.claim(fingerprint(cfg))
+    queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed)
+    if loaded is None:
+        model, tok = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        model.to(device=fabric.device, dtype=model_dtype(cfg))
+    else:
+        model, tok = loaded
+    info = describe(model, tok, cfg.model, cfg.revision)
+    evs = EmotionVectors.load(cfg.vectors) if "steered" in cfg.conditions else None
+    site = cfg.site or (evs.metadata.get("site", "residual") if evs else "residual")
+    cond = Conditioning(strategy=cfg.conditioning)
+    entries = grid(cfg)
+
+    # Global batches: per entry, the same length-sorted chunks of the query list.
+    prompt_cache: dict[tuple[str, str | None], list[list[int]]] = {}
+
+    def prompts_for(entry: dict[str, Any]) -> list[list[int]]:
+        kind = "prompt" if entry["condition"] == "prompt" else "plain"
+        key = (kind, entry["target"] if kind == "prompt" else None)
+        if key not in prompt_cache:
+            texts = [generation_prompt(tok, q.query, entry["condition"],
+                                       entry["target"] if kind == "prompt" else None, cond) for q in queries]
+            prompt_cache[key] = encode_prompts(tok, texts)
+        return prompt_cache[key]
+
+    plain = prompts_for({"condition": "unsteered", "target": None})
+    plain_batches = make_batches([len(p) for p in plain], cfg.batch_size)
+    jobs: list[tuple[int, list[int]]] = []  # (entry index, query indices), numbered globally
+    for e, entry in enumerate(entries):
+        if entry["condition"] == "steered" and entry["alpha"] == 0.0 and "unsteered" in cfg.conditions:
+            continue  # reused from the unsteered rows at merge time
+        chunks = plain_batches if entry["condition"] != "prompt" else make_batches(
+            [len(p) for p in prompts_for(entry)], cfg.batch_size)
+        jobs.extend((e, c) for c in chunks)
+    done = wd.done_batches()
+    mine = my_batches(len(jobs), rank, world)
+    bar = tqdm(total=len(mine), initial=sum(b in done for b in mine), disable=rank != 0,
+               desc=f"generate ({world} proc)", unit="batch")
+    for b in mine:
+        if b in done:
+            continue
+        e, idx = jobs[b]
+        entry = entries[e]
+        prompts = prompts_for(entry)
+        dose = None
+        if entry["condition"] == "steered":
+            assert evs is not None
+            direction = entry["alpha"] * evs.combine(entry["weights"])
+            with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
+                       layers_path=cfg.layers_path, record_dose=True) as s:
+                outs = _gen(gen, model, tok, [prompts[i] for i in idx], cfg, b)
+            doses = s.doses()
+            dose = sum(doses.values()) / len(doses) if doses else None
+        else:
+            outs = _gen(gen, model, tok, [prompts[i] for i in idx], cfg, b)
+        rows = [_row(b, e, entry, queries[i], o, site, cfg, info, dose) for i, o in zip(idx, outs)]
+        wd.append_rows(rank, rows)
+        bar.update(1)
+        preempt.stop_if_asked(rank)
+    bar.close()
+    if world > 1:
+        fabric.barrier()
+    if rank == 0:
+        _merge(wd, entries, queries, cfg)
+
+
+def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int) -> Any:
+    return gen(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch)
+
+
+def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateConfig, info: dict,
+         dose: float | None) -> dict[str, Any]:
+    steered = entry["condition"] == "steered"
+    return {
+        "batch": b, "entry": e, "id": q.id, "index": q.index, "query": q.query, "query_emotion": q.emotion,
+        "condition": entry["condition"], "target": entry["target"], "weights": entry["weights"],
+        "alpha": entry["alpha"], "site": site if steered else None,
+        "positions": cfg.positions if steered else None, "layers": cfg.layers if steered else None,
+        "dose": dose, "model": info["model_id"], "response": o.text, "n_tokens": len(o.response_ids),
+        "finished": o.finished,
+    }
+
+
+def _merge(wd: Any, entries: list[dict], queries: list, cfg: GenerateConfig) -> None:
+    got: dict[tuple[int, int], dict] = {}
+    for r in wd.read_rows():
+        got[(r["entry"], r["index"])] = r  # a batch redone after a kill: same rows, kept once
+    unsteered = next((i for i, en in enumerate(entries) if en["condition"] == "unsteered"), None)
+    out, missing = [], []
+    for e, entry in enumerate(entries):
+        for q in queries:
+            r = got.get((e, q.index))
+            if r is None and entry["condition"] == "steered" and entry["alpha"] == 0.0 and unsteered is not None:
+                base = got.get((unsteered, q.index))
+                if base is not None:
+                    r = {**base, "entry": e, "condition": "steered", "target": entry["target"],
+                         "weights": entry["weights"], "alpha": 0.0, "dose": 0.0, "reused_from": "unsteered"}
+            if r is None:
+                missing.append((e, q.id))
+                continue
+            out.append({k: v for k, v in r.items() if k != "batch"})
+    if missing:
+        raise RuntimeError(f"{len(missing)} generations missing after the run (first: {missing[:3]}); "
+                           f"rerun the same command to complete them")
+    path = Path(cfg.out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
+    tmp.replace(path)
+    print(f"[emoexp] wrote {len(out)} generations to {path}")
+
+
+def _launched(fabric: Any, cfg: Any) -> None:
+    from ..runtime import finish
+
+    _worker(fabric, cfg)
+    finish(fabric)
