@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["REMOTE_CODE_MODELS", "SMOLLM2", "ModelSpecError", "cache_dir", "load_model", "load_tokenizer", "smollm2_dir", "tiny_config"]
+__all__ = ["REMOTE_CODE_MODELS", "SMOLLM2", "ModelSpecError", "available_memory", "cache_dir", "check_fits", "estimate_bytes", "load_model", "load_tokenizer", "smollm2_dir", "tiny_config"]
 
 SMOLLM2 = "smollm2"
 #: Hub families that ship their own modelling code: loading them needs trust_remote_code,
@@ -113,6 +113,48 @@ def tiny_config(arch: str, vocab_size: int = 49152, **overrides: Any) -> Any:
     return AutoConfig.for_model(arch, **kw)
 
 
+def available_memory(device: str = "cpu") -> int:
+    """Bytes available for weights: free GPU memory, or MemAvailable from /proc/meminfo."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def estimate_bytes(config: Any, dtype: torch.dtype) -> int:
+    """Weight bytes of a model built from ``config`` (counted on the meta device, no memory used)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+
+
+def check_fits(path: str, dtype: torch.dtype, device: str = "cpu", *, revision: str | None = None,
+               trust_remote_code: bool = False) -> None:
+    """Refuse, before loading weights, a model whose weights exceed the memory available.
+
+    Raises:
+        ModelSpecError: with the estimate and what is available, in GiB.
+    """
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        need = estimate_bytes(cfg, dtype)
+    except Exception:  # noqa: BLE001 - no config reachable: the load itself will say why
+        return
+    have = available_memory(device)
+    if need * 1.1 > have:
+        raise ModelSpecError(f"model {path} needs about {need / 2**30:.1f} GiB for its weights in {dtype} "
+                             f"but only {have / 2**30:.1f} GiB is available on {device}")
+
+
 def _resolve(spec: str) -> str:
     if spec == SMOLLM2:
         return str(smollm2_dir())
@@ -142,8 +184,10 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(spec, revision=revision, trust_remote_code=trust_remote_code)
     torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
+    if not spec.startswith("tiny-random-"):
+        check_fits(_resolve(spec), torch_dtype or torch.float32, revision=revision, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(spec, revision=revision, trust_remote_code=trust_remote_code)
     if spec.startswith("tiny-random-"):
         torch.manual_seed(seed)
         cfg = tiny_config(spec.removeprefix("tiny-random-"), vocab_size=len(tok),
