@@ -62,7 +62,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
     preempt = Preemption()
     wd = WorkDir(cfg.out)
     wd.claim(fingerprint(cfg))
-    queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed, emotions=cfg.emotions)
+    queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed, emotions=cfg.emotions, duplicates="drop")
     items = extraction_items(queries, cfg.emotions)
     if loaded is None:
         model, tok = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)

@@ -101,8 +101,8 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         kind = "prompt" if entry["condition"] == "prompt" else "plain"
         key = (kind, entry["target"] if kind == "prompt" else None)
         if key not in prompt_cache:
-            texts = [generation_prompt(tok, q.query, entry["condition"],
-                                       entry["target"] if kind == "prompt" else None, cond) for q in queries]
+            emotion = next(iter(parse_target(entry["target"]))) if kind == "prompt" else None
+            texts = [generation_prompt(tok, q.query, entry["condition"], emotion, cond) for q in queries]
             prompt_cache[key] = encode_prompts(tok, texts)
         return prompt_cache[key]
 
