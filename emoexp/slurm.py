@@ -1,0 +1,295 @@
+"""``emoexp submit``: render a SLURM batch script from a config and submit it with ``sbatch``.
+
+The number of Slurm tasks per node and of nodes come from the config's ``devices`` and
+``num_nodes`` (Fabric needs ``--ntasks-per-node == devices`` and ``--nodes == num_nodes``);
+the script runs ``srun <this python> -m emoexp <stage> --config <abs path> [extra flags]``, so
+it works without activating a venv. Templates live in ``slurm/`` (``string.Template``).
+
+Example:
+    emoexp submit extract --config configs/extract.yaml --partition gpu --time 02:00:00
+    emoexp submit run --configs a.yaml b.yaml --dry-run -- --max_new_tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+__all__ = ["STAGES", "TEMPLATES", "Job", "SubmitError", "add_arguments", "main", "plan", "render", "submit"]
+
+STAGES = ("extract", "generate", "run", "sweep")
+#: template name -> file in the template folder
+TEMPLATES = {"single": "single_node.sbatch", "multi": "multi_node.sbatch", "array": "array.sbatch"}
+#: variables copied into the script when set where ``emoexp submit`` runs (sbatch exports the whole
+#: environment anyway; writing them down keeps requeued and re-submitted scripts reproducible)
+PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "EMOEXP_CACHE",
+                   "MLFLOW_TRACKING_URI")
+_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
+LOCAL_CLUSTER_HINT = ("for a local one-node test cluster (as root): bash scripts/slurm-cluster.sh install && "
+                      "bash scripts/slurm-cluster.sh start, then export SLURM_CONF from .cache/slurm/env "
+                      "(see docs/slurm.md)")
+
+
+class SubmitError(ValueError):
+    """A submission that cannot work (bad config, template or environment)."""
+
+
+@dataclass
+class Job:
+    """What gets rendered: resources shared by all configs, and the configs themselves."""
+
+    stage: str
+    template: str  # a name in TEMPLATES or a path to a template file
+    configs: list[Path]
+    devices: int
+    num_nodes: int
+    accelerator: str
+    extra: list[str]
+
+
+def template_dir() -> Path:
+    """The folder holding the templates: ``$EMOEXP_SLURM_TEMPLATES``, the repository's ``slurm/``,
+    or ``emoexp/templates`` inside an installed package."""
+    env = os.environ.get("EMOEXP_SLURM_TEMPLATES")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here.parent / "slurm", here / "templates"]
+    for c in candidates:
+        if (c / TEMPLATES["single"]).is_file():
+            return c
+    raise SubmitError(f"no Slurm templates found (looked in {', '.join(map(str, candidates))}); "
+                      "set EMOEXP_SLURM_TEMPLATES or pass --template <file>")
+
+
+def _template_file(name: str) -> Path:
+    if name in TEMPLATES:
+        return template_dir() / TEMPLATES[name]
+    if Path(name).is_file():
+        return Path(name)
+    raise SubmitError(f"unknown template {name!r}: use one of {', '.join(TEMPLATES)} or a path to a template file")
+
+
+def _stage_resources(stage: str, config: Path, extra: list[str]) -> tuple[int, int, str]:
+    """``(devices, num_nodes, accelerator)`` of one config, validated by the stage's dataclass."""
+    from . import config as c
+
+    classes: dict[str, type] = {"extract": c.ExtractConfig, "generate": c.GenerateConfig, "run": c.RunConfig}
+    try:
+        if stage in classes:
+            parser = argparse.ArgumentParser(prog=f"emoexp {stage}", add_help=False)
+            c.add_dataclass_arguments(parser, classes[stage])
+            args, unknown = parser.parse_known_args(["--config", str(config), *extra])
+            if unknown:
+                raise SubmitError(f"unknown flag(s) for emoexp {stage}: {' '.join(unknown)}")
+            cfg: Any = c.config_from_args(classes[stage], args)
+        else:  # sweep: only the resource fields are read here; the sweep recipe validates the rest
+            data = c.load_yaml(config)
+            names = {f.name for f in dataclasses.fields(c.Common)}
+            cfg = c.Common(**{k: v for k, v in data.items() if k in names})
+    except c.ConfigError as e:
+        raise SubmitError(str(e) if str(config) in str(e) else f"{config}: {e}") from e
+    return int(cfg.devices), int(cfg.num_nodes), str(cfg.accelerator)
+
+
+def plan(stage: str, configs: list[str], template: str | None = None, extra: list[str] | None = None) -> Job:
+    """Validate the stage, configs and template, and read the resources from the configs.
+
+    Raises:
+        SubmitError: unknown stage or template, missing/invalid config, configs that ask for
+            different resources in one array, or a single-node template with num_nodes > 1.
+    """
+    extra = list(extra or [])
+    if stage not in STAGES:
+        raise SubmitError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    if not configs:
+        raise SubmitError("no config given: pass --config X.yaml (or --configs a.yaml b.yaml for an array)")
+    paths = [Path(c).resolve() for c in configs]
+    for p in paths:
+        if not p.is_file():
+            raise SubmitError(f"config file not found: {p}")
+    resources = {p: _stage_resources(stage, p, extra) for p in paths}
+    distinct = set(resources.values())
+    if len(distinct) > 1:
+        listing = "; ".join(f"{p.name}: devices={d} num_nodes={n} accelerator={a}"
+                            for p, (d, n, a) in resources.items())
+        raise SubmitError(f"one job array needs the same devices/num_nodes/accelerator in every config ({listing})")
+    devices, num_nodes, accelerator = distinct.pop()
+    if devices < 1 or num_nodes < 1:
+        raise SubmitError(f"devices and num_nodes must be >= 1, got devices={devices} num_nodes={num_nodes}")
+    if template is None:
+        template = "array" if len(paths) > 1 else ("multi" if num_nodes > 1 else "single")
+    _template_file(template)
+    if template == "single" and num_nodes > 1:
+        raise SubmitError(f"num_nodes={num_nodes} needs --template multi (single_node runs on one node)")
+    if template != "array" and len(paths) > 1:
+        raise SubmitError(f"{len(paths)} configs need --template array")
+    return Job(stage, template, paths, devices, num_nodes, accelerator, extra)
+
+
+def _sbatch_options(job: Job, opts: argparse.Namespace) -> list[str]:
+    """Optional ``#SBATCH`` lines (partition, account, time, GPUs, CPUs, memory, anything else)."""
+    lines: list[str] = []
+    if opts.partition:
+        lines.append(f"--partition={opts.partition}")
+    if opts.account:
+        lines.append(f"--account={opts.account}")
+    if opts.time:
+        if not _TIME.match(opts.time):
+            raise SubmitError(f"--time {opts.time!r}: use MM, HH:MM:SS or D-HH:MM:SS")
+        lines.append(f"--time={opts.time}")
+    gpus = opts.gpus_per_node
+    if gpus is None and job.accelerator in ("gpu", "cuda"):
+        gpus = job.devices
+    if gpus:
+        if gpus < job.devices:
+            raise SubmitError(f"--gpus-per-node {gpus} < devices={job.devices}: each process needs its own GPU")
+        lines.append(f"--gpus-per-node={gpus}")
+    if opts.cpus_per_task:
+        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
+    if opts.mem:
+        lines.append(f"--mem={opts.mem}")
+    lines += opts.sbatch_opt or []
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _env_exports(opts: argparse.Namespace) -> list[str]:
+    """``export`` lines: pass-through variables set here, ``--hf-offline`` and ``--env``."""
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
+    if opts.hf_offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    for item in opts.env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise SubmitError(f"--env {item!r}: expected NAME=VALUE")
+        env[key] = value
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+
+
+def render(job: Job, opts: argparse.Namespace) -> str:
+    """The batch script for ``job`` (``opts``: the parsed ``emoexp submit`` options)."""
+    base = [sys.executable, "-m", "emoexp", job.stage]
+    extra = "".join(" " + shlex.quote(a) for a in job.extra)
+    for flag in ("signal_seconds", "array_parallel", "master_port"):
+        value = getattr(opts, flag)
+        if value is not None and value < 1:
+            raise SubmitError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    values = {
+        "stage": job.stage,
+        "job_name": opts.job_name or f"emoexp-{job.stage}",
+        "nodes": job.num_nodes,
+        "ntasks_per_node": job.devices,
+        "accelerator": job.accelerator,
+        "workdir": shlex.quote(str(Path.cwd())),
+        "log_dir": str(Path(opts.log_dir).resolve()),
+        "signal_seconds": opts.signal_seconds,
+        "sbatch_options": "\n".join(_sbatch_options(job, opts)),
+        "env_exports": "\n".join(_env_exports(opts)),
+        "master_port": opts.master_port or "$((15000 + SLURM_JOB_ID % 20000))",
+        "srun_options": " --cpus-per-task=$SLURM_CPUS_PER_TASK" if opts.cpus_per_task else "",
+        "n_configs": len(job.configs),
+        "array_range": f"0-{len(job.configs) - 1}" + (f"%{opts.array_parallel}" if opts.array_parallel else ""),
+        "config_list": "\n".join(f"  {shlex.quote(str(c))}" for c in job.configs),
+        "extra_args": extra,
+        "command": shlex.join(base) + ("" if job.template == "array" else
+                                      f" --config {shlex.quote(str(job.configs[0]))}{extra}"),
+    }
+    if " " in values["log_dir"] or "%" in values["log_dir"]:
+        raise SubmitError(f"--log-dir {values['log_dir']!r}: Slurm log paths cannot contain spaces or '%'")
+    try:
+        return Template(_template_file(job.template).read_text()).substitute(values)
+    except (KeyError, ValueError) as e:
+        raise SubmitError(f"template {job.template}: bad or unknown placeholder {e}") from e
+
+
+def submit(script: str, path: Path) -> str:
+    """Write ``script`` to ``path`` and ``sbatch --parsable`` it; returns the job id."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise SubmitError(f"sbatch not found on PATH: run on a Slurm login node, or {LOCAL_CLUSTER_HINT}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    proc = subprocess.run([sbatch, "--parsable", str(path)], check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        hint = "" if os.environ.get("SLURM_CONF") else f" (SLURM_CONF is not set; {LOCAL_CLUSTER_HINT})"
+        raise SubmitError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}{hint}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``emoexp submit``; everything after ``--`` goes to the stage unchanged."""
+    parser.add_argument("stage", choices=STAGES, help="the emoexp subcommand the job runs")
+    parser.add_argument("--config", help="the stage's YAML config (resources: devices, num_nodes, accelerator)")
+    parser.add_argument("--configs", nargs="+", default=[], help="several configs: one array task per config")
+    parser.add_argument("--template", help=f"{', '.join(TEMPLATES)} or a template file "
+                        "(default: array for several configs, multi when num_nodes > 1, else single)")
+    parser.add_argument("--partition", help="#SBATCH --partition")
+    parser.add_argument("--account", help="#SBATCH --account")
+    parser.add_argument("--time", help="#SBATCH --time (HH:MM:SS or D-HH:MM:SS)")
+    parser.add_argument("--gpus-per-node", type=int, help="#SBATCH --gpus-per-node (default: devices on GPU)")
+    parser.add_argument("--cpus-per-task", type=int, help="#SBATCH --cpus-per-task (also passed to srun)")
+    parser.add_argument("--mem", help="#SBATCH --mem, e.g. 64G")
+    parser.add_argument("--sbatch-opt", action="append", metavar="OPT",
+                        help="any other #SBATCH option, repeatable; write --sbatch-opt=--exclusive")
+    parser.add_argument("--job-name", help="job name (default emoexp-<stage>; never 'bash' or 'interactive')")
+    parser.add_argument("--log-dir", default="logs/slurm", help="logs and rendered scripts (default: logs/slurm)")
+    parser.add_argument("--signal-seconds", type=int, default=120, help="SIGUSR1 this long before the time limit")
+    parser.add_argument("--master-port", type=int, help="fixed MASTER_PORT (default: derived from the job id)")
+    parser.add_argument("--array-parallel", type=int, help="at most this many array tasks at once (%%N)")
+    parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="export in the job, repeatable")
+    parser.add_argument("--hf-offline", action="store_true", help="export HF_HUB_OFFLINE=1 in the job")
+    parser.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
+    parser.epilog = "Flags after a bare -- are passed to the stage, e.g. -- --limit 10 --max_new_tokens 32."
+    parser.set_defaults(extra=[])
+    # argparse cannot give "everything after --" to a trailing positional that follows another
+    # positional (REMAINDER swallows the options too), so split at the first "--" ourselves.
+    known = parser.parse_known_args
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        tail: list[str] = []
+        if "--" in argv:
+            cut = argv.index("--")
+            argv, tail = argv[:cut], argv[cut + 1:]
+        ns, unknown = known(argv, namespace)
+        ns.extra = list(getattr(ns, "extra", [])) + tail
+        return ns, unknown
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Render, then print (``--dry-run``) or write next to the logs and submit; prints the job id."""
+    extra = list(getattr(args, "extra", []))
+    try:
+        if args.job_name in ("bash", "interactive"):
+            raise SubmitError(f"job name {args.job_name!r} disables Fabric's SLURM detection; pick another")
+        configs = args.configs or ([args.config] if args.config else [])
+        if args.configs and args.config:
+            raise SubmitError("give --config or --configs, not both")
+        job = plan(args.stage, configs, args.template, extra)
+        script = render(job, args)
+        if args.dry_run:
+            print(script, end="")
+            print("# dry run: nothing written or submitted (sbatch --parsable <script> would submit it)",
+                  file=sys.stderr)
+            return 0
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(args.log_dir).resolve() / f"emoexp-{job.stage}-{stamp}-{os.getpid()}.sbatch"
+        job_id = submit(script, path)
+    except SubmitError as e:
+        print(f"emoexp submit: error: {e}", file=sys.stderr)
+        return 2
+    print(job_id)
+    print(f"[emoexp] submitted {path} as job {job_id}; logs in {path.parent}", file=sys.stderr)
+    return 0
