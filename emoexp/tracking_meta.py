@@ -1,0 +1,178 @@
+"""What MLflow gets to see: redaction of secrets, the config hash, flattened params, provenance
+(git commit, hardware) and the child-run keys. Pure Python; :mod:`emoexp.tracking` logs it.
+
+Example:
+    >>> redact({"judge": {"api_key": "sk-123", "max_new_tokens": 8}})
+    {'judge': {'api_key': '***', 'max_new_tokens': 8}}
+    >>> alpha_label(2.0), alpha_label(None)
+    ('2', 'none')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "REDACTED", "alpha_label", "child_key", "config_hash", "flatten", "git_info", "hardware_info",
+    "is_secret_key", "model_label", "redact", "scrub_text",
+]
+
+REDACTED = "***"
+_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
+# Key-like values and credentials inside URLs, wherever they appear.
+_SECRET_VALUES = [
+    (re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"), REDACTED + "@"),          # https://user:pass@host
+    (re.compile(r"\b(sk|hf|ghp|gho|xox[bpas]|AKIA)[-_A-Za-z0-9]{12,}\b"), REDACTED),  # API-key shapes
+    (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|secret|password)=)[^&#\s]+"), r"\1" + REDACTED),
+]
+
+
+def is_secret_key(name: str) -> bool:
+    """True when a config key names a secret.
+
+    A key is secret when it contains ``secret`` or ``password`` anywhere, or when its last word
+    is ``key``/``token``/``apikey``/``credentials`` (``api_key``, ``hf_token``, ``apiKey``,
+    ``OPENAI_API_KEY``). Words are split on ``_ - .`` and camelCase, so ``max_new_tokens``,
+    ``tokenizer``, ``token_scope`` and ``keywords`` stay visible (a bare substring test would
+    hide the generation length).
+
+    Example:
+        >>> [is_secret_key(k) for k in ("api_key", "HF_TOKEN", "max_new_tokens", "db_password")]
+        [True, True, False, True]
+    """
+    low = name.lower()
+    if "secret" in low or "password" in low or "passwd" in low:
+        return True
+    words = [w.lower() for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", name)]
+    return bool(words) and words[-1] in _SECRET_WORDS
+
+
+def scrub_text(text: str) -> str:
+    """Hide credentials inside a string (``user:pass@`` in URLs, ``?key=`` queries, ``sk-…`` keys)."""
+    for pattern, repl in _SECRET_VALUES:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact(obj: Any) -> Any:
+    """A deep copy of ``obj`` with secret keys' values replaced by ``***`` and credentials in
+    strings scrubbed (see :func:`is_secret_key`, :func:`scrub_text`).
+
+    Example:
+        >>> redact({"endpoint": "https://u:pw@host/v1", "hf_token": "hf_x"})
+        {'endpoint': 'https://***@host/v1', 'hf_token': '***'}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return scrub_text(obj)
+    if isinstance(obj, Path):
+        return scrub_text(str(obj))
+    return obj
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 (first 16 hex digits) of the config's sorted JSON, secrets redacted first, so
+    changing an API key does not start new runs.
+
+    Example:
+        >>> config_hash({"a": 1, "api_key": "x"}) == config_hash({"api_key": "y", "a": 1})
+        True
+    """
+    blob = json.dumps(_jsonable(redact(config)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "", max_len: int = 6000) -> dict[str, str]:
+    """Nested dict -> ``{"a.b": "value"}`` with string values (lists as JSON), for MLflow params
+    and tags; keys keep MLflow's allowed characters, values are cut at ``max_len``.
+
+    Example:
+        >>> flatten({"generate": {"alphas": [-1.0, 2.0], "layers": None}})
+        {'generate.alphas': '[-1.0, 2.0]', 'generate.layers': 'None'}
+    """
+    out: dict[str, str] = {}
+    for k, v in obj.items():
+        key = re.sub(r"[^A-Za-z0-9_\-. /]", "_", f"{prefix}{k}")
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + ".", max_len))
+            continue
+        text = v if isinstance(v, str) else json.dumps(_jsonable(v)) if isinstance(v, (list, tuple, dict)) else str(v)
+        out[key] = text if len(text) <= max_len else text[: max_len - 3] + "..."
+    return out
+
+
+def alpha_label(alpha: Any) -> str:
+    """α as a stable string: ``2``, ``-1``, ``0.5``; ``none`` for None/NaN (prompt, unsteered)."""
+    if alpha is None or str(alpha) in ("<NA>", "None", "nan", ""):
+        return "none"
+    a = float(alpha)
+    return "none" if math.isnan(a) else format(a, "g")
+
+
+def _target_label(target: Any) -> str:
+    if target is None or str(target) in ("<NA>", "None", "nan", ""):
+        return "none"
+    return str(target)
+
+
+def child_key(condition: Any, target: Any, alpha: Any) -> str:
+    """The identity of a child run inside its parent: ``steered|joy|2``, ``unsteered|none|none``."""
+    return f"{condition}|{_target_label(target)}|{alpha_label(alpha)}"
+
+
+def model_label(*candidates: Any) -> str:
+    """The first candidate that looks like a model id (``Qwen/Qwen2.5-7B-Instruct``, ``smollm2``)
+    rather than a local path; the first non-empty one otherwise; ``unknown`` if none."""
+    given = [str(c) for c in candidates if c not in (None, "")]
+    for c in given:
+        if not os.path.isabs(c) and not c.startswith(("./", "../", "~")):
+            return c
+    return given[0] if given else "unknown"
+
+
+def git_info(where: str | Path | None = None) -> dict[str, str]:
+    """``{"git_commit": sha, "git_dirty": "true"/"false"}`` of the repo holding ``where``
+    (default: this package); empty when not in a git checkout or git is missing."""
+    cwd = Path(where) if where else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=False)
+        if sha.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": sha.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+def hardware_info() -> dict[str, Any]:
+    """Platform, Python, CPU count and GPU name/count (when torch sees one)."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "hostname": platform.node(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001, S110 - no torch or a broken driver must not fail the run
+        pass
+    return info

@@ -1,0 +1,78 @@
+"""Reading studies back from MLflow (search_runs only): the rows behind ``emoexp compare``.
+
+Example:
+    >>> load_children(["paper"])[["model", "condition", "target", "alpha", "intensity"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlflow.tracking import MlflowClient
+
+from .tracking_store import TrackingError, check_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["load_children", "search_all"]
+
+
+def search_all(client: MlflowClient, exp_ids: list[str], filter_string: str) -> list[Any]:
+    """All runs matching ``filter_string`` (search_runs, page by page)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_children(experiments: Sequence[str], uri: str | None = None) -> pd.DataFrame:
+    """Every FINISHED child run of the given experiments as one row, read through search_runs.
+
+    Columns: ``experiment, parent_run_id, parent_name, model, config_hash, run_id, start_time,
+    condition, target (None for 'none'), alpha (NaN for 'none')`` and one column per metric.
+    Duplicates of a (parent, condition, target, alpha) keep the latest run.
+
+    Raises:
+        TrackingError: unreachable/corrupt/missing store or an unknown experiment (lists those present).
+
+    Example:
+        >>> load_children(["paper"])[["model", "condition", "target", "alpha", "intensity"]]  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    uri = check_store(uri, create=False)
+    client = MlflowClient(uri)
+    exps = {name: client.get_experiment_by_name(name) for name in experiments}
+    missing = [n for n, e in exps.items() if e is None or e.lifecycle_stage == "deleted"]
+    if missing:
+        present = sorted(e.name for e in client.search_experiments())
+        raise TrackingError(f"no MLflow experiment named {', '.join(map(repr, missing))} in {uri}; "
+                            f"experiments there: {', '.join(present) or '(none)'}")
+    names = {e.experiment_id: n for n, e in exps.items() if e is not None}
+    ids = list(names)
+    parents = {r.info.run_id: r for r in search_all(client, ids, "tags.`emoexp.kind` = 'parent'")}
+    rows = []
+    for r in search_all(client, ids, "tags.`emoexp.kind` = 'child' and attributes.status = 'FINISHED'"):
+        t = r.data.tags
+        p = parents.get(t.get("mlflow.parentRunId", ""))
+        if p is None:
+            continue  # parent deleted
+        alpha = t.get("alpha", "none")
+        rows.append({**r.data.metrics, "experiment": names[r.info.experiment_id], "parent_run_id": p.info.run_id,
+                     "parent_name": p.info.run_name, "model": p.data.tags.get("model_id", "unknown"),
+                     "config_hash": p.data.tags.get("config_hash", ""), "run_id": r.info.run_id,
+                     "start_time": r.info.start_time, "condition": t.get("condition"),
+                     "target": None if t.get("target", "none") == "none" else t["target"],
+                     "alpha": float("nan") if alpha == "none" else float(alpha)})
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = (df.sort_values("start_time")
+                .drop_duplicates(["parent_run_id", "condition", "target", "alpha"], keep="last")
+                .reset_index(drop=True))
+    return df

@@ -1,0 +1,94 @@
+"""``emoexp compare``: the cross-family table built from MLflow alone, checked cell by cell
+against the metrics that were logged (the fake studies of test_tracking)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from test_tracking import METRICS, make_study
+
+from emoexp.cli import main as cli
+from emoexp.compare import compare_table
+from emoexp.tracking import log_study, tracking_uri
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three model families over two experiments (studies) in one SQLite store."""
+    root = tmp_path_factory.mktemp("cmp")
+    uri = tracking_uri(root)
+    studies = {}
+    for exp, model, seed in (("paper", "tiny/a", 1), ("paper", "tiny/b", 2), ("paper2", "tiny/c", 3)):
+        s = {**make_study(root, model, seed), "experiment": exp}
+        log_study(**{**s, "ev_path": None}, uri=uri)
+        studies[model] = s["aggregate"]
+    return {"uri": uri, "aggregates": studies}
+
+
+def _expected(agg: pd.DataFrame, column: str) -> float:
+    """The logged mean behind a column name ``metric[target]@where``."""
+    m = re.fullmatch(r"(\w+?)(?:\[(\w+)\])?@(.+)", column)
+    assert m, column
+    metric, target, where = m.groups()
+    if where == "unsteered":
+        rows = agg[agg["condition"] == "unsteered"]
+    elif where == "prompt":
+        rows = agg[(agg["condition"] == "prompt") & (agg["target"] == target)]
+    else:
+        rows = agg[(agg["condition"] == "steered") & (agg["target"] == target) & (agg["alpha"] == float(where))]
+    assert len(rows) == 1, column
+    return float(rows[metric].iloc[0])
+
+
+def test_cli_table_every_cell_matches_the_logged_metrics(logged: dict[str, Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli(["compare", "--experiment", "paper", "--experiment", "paper2", "--uri", logged["uri"],
+              "--out", str(tmp_path)])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "compare.csv", index_col="model")
+    assert list(table.index) == ["tiny/a", "tiny/b", "tiny/c"]
+    # per metric: unsteered + per target (prompt + 3 alphas), targets bracketed
+    assert len(table.columns) == len(METRICS) * (1 + 2 * 4)
+    assert list(table.columns[:5]) == ["intensity@unsteered", "intensity[anger]@prompt", "intensity[anger]@0",
+                                       "intensity[anger]@1", "intensity[anger]@2"]
+    md = (tmp_path / "compare.md").read_text()
+    for model, row in table.iterrows():
+        for col, value in row.items():
+            want = _expected(logged["aggregates"][model], col)
+            assert value == pytest.approx(want, abs=1e-12), (model, col)
+            assert f"{want:.3f}" in md
+    assert {f"compare_{m}.png" for m in METRICS} <= {p.name for p in tmp_path.iterdir()}
+    out = capsys.readouterr().out
+    assert "### p_joy" in out and "| tiny/c |" in out and "joy α=2" in out
+
+
+def test_one_target_and_metric_subset(logged: dict[str, Any]) -> None:
+    table = compare_table(["paper"], metrics=["p_joy"], target="joy", uri=logged["uri"])
+    assert list(table.columns) == ["p_joy@unsteered", "p_joy@prompt", "p_joy@0", "p_joy@1", "p_joy@2"]
+    for model, row in table.iterrows():
+        for col, value in row.items():
+            assert value == _expected(logged["aggregates"][model], col.replace("@", "[joy]@", 1)
+                                      if col != "p_joy@unsteered" else col)
+
+
+def test_baseline_conditions(logged: dict[str, Any]) -> None:
+    unsteered = compare_table("paper", metrics=["topic"], condition="unsteered", uri=logged["uri"])
+    assert list(unsteered.columns) == ["topic@unsteered"]
+    prompt = compare_table("paper", metrics=["topic"], condition="prompt", uri=logged["uri"])
+    assert list(prompt.columns) == ["topic@unsteered", "topic[anger]@prompt", "topic[joy]@prompt"]
+    for model, row in prompt.iterrows():
+        assert [_expected(logged["aggregates"][model], c) for c in prompt.columns] == row.tolist()
+
+
+def test_bad_requests_are_reported(logged: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli(["compare", "--experiment", "nope", "--uri", logged["uri"]]) == 2
+    assert "no MLflow experiment named 'nope' in" in capsys.readouterr().err
+    assert cli(["compare", "--experiment", "paper", "--metrics", "bleu", "--uri", logged["uri"]]) == 2
+    assert "unknown metric(s) bleu; logged: intensity, p_joy, topic" in capsys.readouterr().err
+    assert cli(["compare", "--experiment", "paper", "--uri", tracking_uri(tmp_path)]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # a read-only command creates nothing
