@@ -38,18 +38,21 @@ class ActivationSums:
         n_rows: sequences that had at least one counted token.
         token_sum: [L, H] sum over all counted tokens.
         n_tokens: [L] counted tokens per layer.
+        norm_sum: [L] sum over counted tokens of the activation's L2 norm (for relative doses).
     """
 
     row_mean_sum: torch.Tensor
     n_rows: int
     token_sum: torch.Tensor
     n_tokens: torch.Tensor
+    norm_sum: torch.Tensor
 
     @classmethod
     def zeros(cls, num_layers: int, hidden: int) -> ActivationSums:
         """Empty sums for ``num_layers`` x ``hidden``."""
         z = torch.zeros(num_layers, hidden, dtype=torch.float64)
-        return cls(z.clone(), 0, z.clone(), torch.zeros(num_layers, dtype=torch.int64))
+        return cls(z.clone(), 0, z.clone(), torch.zeros(num_layers, dtype=torch.int64),
+                   torch.zeros(num_layers, dtype=torch.float64))
 
     def __add__(self, other: ActivationSums) -> ActivationSums:
         return ActivationSums(
@@ -57,7 +60,12 @@ class ActivationSums:
             self.n_rows + other.n_rows,
             self.token_sum + other.token_sum,
             self.n_tokens + other.n_tokens,
+            self.norm_sum + other.norm_sum,
         )
+
+    def mean_norm(self) -> torch.Tensor:
+        """[L] mean L2 norm of the counted activations (the scale a relative dose refers to)."""
+        return self.norm_sum / self.n_tokens.clamp_min(1).double()
 
     def mean(self, weighting: str = "query") -> torch.Tensor:
         """[L, H] float64 mean: over sequences of per-sequence means (``query``, the paper's)
@@ -76,7 +84,7 @@ class ActivationSums:
         """One flat float64 tensor (for a single all-reduce with ``sum``)."""
         return torch.cat([
             self.row_mean_sum.flatten(), torch.tensor([float(self.n_rows)], dtype=torch.float64),
-            self.token_sum.flatten(), self.n_tokens.double(),
+            self.token_sum.flatten(), self.n_tokens.double(), self.norm_sum,
         ])
 
     @classmethod
@@ -87,7 +95,8 @@ class ActivationSums:
         return cls(
             flat[:n].reshape(num_layers, hidden).clone(), int(round(float(flat[n]))),
             flat[n + 1: 2 * n + 1].reshape(num_layers, hidden).clone(),
-            flat[2 * n + 1:].round().long(),
+            flat[2 * n + 1: 2 * n + 1 + num_layers].round().long(),
+            flat[2 * n + 1 + num_layers:].clone(),
         )
 
 
@@ -172,11 +181,15 @@ def capture_groups(
     per_row = counted.sum(1).cpu()  # [B]
     weights = counted.double().unsqueeze(-1)  # [B, T, 1]
     captured: dict[int, torch.Tensor] = {}
+    norms: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             h = hidden_of(output)
-            captured[layer] = (h.double() * weights.to(h.device)).sum(1).cpu()  # [B, H]
+            hd = h.double()
+            w = weights.to(h.device)
+            captured[layer] = (hd * w).sum(1).cpu()  # [B, H]
+            norms[layer] = (hd.norm(dim=-1) * w.squeeze(-1)).sum(1).cpu()  # [B]
 
         return hook
 
@@ -198,6 +211,7 @@ def capture_groups(
             out.token_sum[l] = row_sum[sel].sum(0)
             out.row_mean_sum[l] = (row_sum / denom)[sel & has].sum(0)
             out.n_tokens[l] = int(per_row[sel].sum())
+            out.norm_sum[l] = norms[l][sel].sum()
         out.n_rows = int((sel & has).sum())
         outs.append(out)
     return outs

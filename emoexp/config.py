@@ -163,6 +163,8 @@ class GenerateConfig(Common):
     site: str | None = None
     #: positions to steer: all, generated
     positions: str = "all"
+    #: alpha units: 'raw' (alpha x EV) or 'dose' (per layer, ||d_l|| = alpha x mean ||h_l||)
+    alpha_unit: str = "raw"
     #: sample instead of greedy decoding
     do_sample: bool = False
     #: sampling temperature
@@ -185,6 +187,8 @@ class GenerateConfig(Common):
             parse_target(t)
         if self.site is not None and self.site not in SITES:
             raise ConfigError(f"site={self.site!r}; valid: {', '.join(SITES)}")
+        if self.alpha_unit not in ("raw", "dose"):
+            raise ConfigError(f"alpha_unit={self.alpha_unit!r}; valid: raw, dose")
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions={self.positions!r}; valid: {', '.join(POSITIONS)}")
         if self.limit is not None and self.limit < 1:

@@ -25,7 +25,7 @@ from .capture import ActivationSums, capture_groups, scope_mask
 from .datasets import Query
 from .generation import capture_batch, generate
 
-__all__ = ["Accumulator", "ExtractItem", "extract_batch", "extraction_items", "vectors_from"]
+__all__ = ["Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items", "vectors_from"]
 
 CONDITIONS = ("neutral", "emotional")
 
@@ -140,3 +140,12 @@ def vectors_from(acc: Accumulator, emotions: Sequence[str], weighting: str = "qu
                 halves.append(acc.sums[f"{e}/emotional/{h}"].mean(weighting) - acc.sums[f"{e}/neutral/{h}"].mean(weighting))
             stability[e] = torch.nn.functional.cosine_similarity(halves[0], halves[1], dim=-1).tolist()
     return evs, stability
+
+
+def activation_norms(acc: Accumulator) -> list[float]:
+    """[L] mean activation norm over all neutral responses (the scale of relative doses)."""
+    keys = [k for k in acc.keys if "/neutral/" in k]
+    total = acc.sums[keys[0]]
+    for k in keys[1:]:
+        total = total + acc.sums[k]
+    return total.mean_norm().tolist()

@@ -114,6 +114,25 @@ class EmotionVectors:
             out += float(w) * self[name]
         return out
 
+    def relative_doses(self) -> dict[str, list[float]]:
+        """Per-layer ‖EV_l‖ / mean ‖h_l‖ (needs ``activation_norms`` in the metadata)."""
+        scale = self.metadata.get("activation_norms")
+        if not scale or len(scale) != self.num_layers:
+            raise ValueError("these vectors carry no activation_norms metadata (extract them with emoexp >= 0.1)")
+        s = torch.tensor(scale, dtype=torch.float32).clamp_min(1e-12)
+        return {k: (v.norm(dim=-1) / s).tolist() for k, v in self._vectors.items()}
+
+    def at_dose(self, weights: Mapping[str, float], dose: float) -> torch.Tensor:
+        """The combined direction rescaled per layer so that ‖d_l‖ = dose · mean ‖h_l‖.
+
+        Makes α comparable across layers and models: ``dose=0.1`` adds a vector a tenth
+        the size of a typical activation at every layer.
+        """
+        self.relative_doses()  # validates the metadata
+        d = self.combine(weights)
+        scale = torch.tensor(self.metadata["activation_norms"], dtype=torch.float32)
+        return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (dose * scale).unsqueeze(-1)
+
     def norms(self) -> dict[str, list[float]]:
         """Per-layer L2 norms of each emotion's vector."""
         return {k: v.norm(dim=-1).tolist() for k, v in self._vectors.items()}

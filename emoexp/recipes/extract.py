@@ -49,7 +49,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
     from tqdm.auto import tqdm
 
     from ..datasets import dataset_fingerprint, load_queries
-    from ..extraction import Accumulator, extract_batch, extraction_items, vectors_from
+    from ..extraction import Accumulator, activation_norms, extract_batch, extraction_items, vectors_from
     from ..generation import make_batches
     from ..layers import find_layers
     from ..models import describe, load_model
@@ -113,6 +113,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
             "conditioning": cond.describe(), "data": cfg.data, "data_fingerprint": dataset_fingerprint(queries),
             "limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size, "n_queries": n_queries, "split_half_cosine": stability,
+            "activation_norms": activation_norms(acc),
             "world_size": world, "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "extract_seconds": round(time.time() - t0, 2),
         }

@@ -128,7 +128,8 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         dose = None
         if entry["condition"] == "steered":
             assert evs is not None
-            direction = entry["alpha"] * evs.combine(entry["weights"])
+            direction = (evs.at_dose(entry["weights"], entry["alpha"]) if cfg.alpha_unit == "dose"
+                         else entry["alpha"] * evs.combine(entry["weights"]))
             with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
                        layers_path=cfg.layers_path, record_dose=True) as s:
                 outs = _gen(gen, model, tok, [prompts[i] for i in idx], cfg, b)
@@ -158,7 +159,7 @@ def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateCo
     return {
         "batch": b, "entry": e, "id": q.id, "index": q.index, "query": q.query, "query_emotion": q.emotion,
         "condition": entry["condition"], "target": entry["target"], "weights": entry["weights"],
-        "alpha": entry["alpha"], "site": site if steered else None,
+        "alpha": entry["alpha"], "alpha_unit": cfg.alpha_unit if steered else None, "site": site if steered else None,
         "positions": cfg.positions if steered else None, "layers": cfg.layers if steered else None,
         "dose": dose, "model": info["model_id"], "response": o.text, "n_tokens": len(o.response_ids),
         "finished": o.finished,
