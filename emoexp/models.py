@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.metadata as md
 import os
 from pathlib import Path
@@ -211,13 +212,22 @@ def load_model(
 
 def describe(model: Any, tok: Any, spec: str, revision: str | None = None) -> dict[str, Any]:
     """Provenance dict: model id, revision, dtype, chat-template hash, sizes."""
+    from .vectors import library_versions
+
     tmpl = getattr(tok, "chat_template", None)
+    try:
+        vocab = json.dumps(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
+        tok_sha = hashlib.sha256(vocab.encode()).hexdigest()[:16]
+    except Exception:  # noqa: BLE001 - tokenizers without a vocab dict
+        tok_sha = None
     return {
         "model_spec": spec,
-        "model_id": getattr(model.config, "_name_or_path", spec) or spec,
+        "model_id": SMOLLM2_HUB_ID if spec == SMOLLM2 else (getattr(model.config, "_name_or_path", spec) or spec),
         "revision": revision,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chat_template_sha256": hashlib.sha256(tmpl.encode()).hexdigest()[:16] if isinstance(tmpl, str) else None,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "model_type": getattr(model.config, "model_type", None),
+        "tokenizer_sha256": tok_sha,
+        "library_versions": library_versions(),
     }

@@ -119,8 +119,10 @@ def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlf
     gens = pd.read_json(gcfg.out, lines=True)
     targets = [None if c == "unsteered" else tgt for c, tgt in zip(gens["condition"], gens["target"])]
     ev = dict(cfg.evaluate)
+    backend = {"preset": ev.get("backend") or "offline", "perplexity": cfg.model, "progress": True,
+               **ev.get("backends", {})}
     scores = score(list(gens["response"]), queries=list(gens["query"]), targets=targets,
-                   metrics=ev.get("metrics"), backend=ev.get("backend"), model=(model, tok))
+                   metrics=ev.get("metrics"), backend=backend)
     table = pd.concat([gens.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
     table = table.loc[:, ~table.columns.duplicated()]
     out_dir = Path(cfg.out_dir)
@@ -138,33 +140,47 @@ def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlf
     if mlflow:
         from ..tracking import log_study
 
-        prov = {**describe(model, tok, cfg.model, cfg.revision), "world_size": cfg.devices * cfg.num_nodes, **timings}
-        run_id = log_study(experiment=cfg.experiment, config=dataclasses.asdict(cfg), provenance=prov,
-                           ev_path=ecfg.out, generations=table, aggregate=agg, uri=uri,
-                           datasets=[{"name": ecfg.data, "role": "extraction"}, {"name": gcfg.data, "role": "evaluation"}])
+        from ..datasets import BUNDLED, bundled_path
+
+        prov = {**describe(model, tok, cfg.model, cfg.revision), "world_size": cfg.devices * cfg.num_nodes,
+                "devices": cfg.devices, "num_nodes": cfg.num_nodes, **timings}
+        # The result-shaping config identifies the parent run; world size and paths do not.
+        config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("devices", "num_nodes", "out_dir")}
+        datasets = [{"name": d, "role": role, "source": str(bundled_path(d)) if d in BUNDLED else d}
+                    for d, role in ((ecfg.data, "extraction"), (gcfg.data, "evaluation"))]
+        run_id = log_study(experiment=cfg.experiment, config=config, provenance=prov, ev_path=ecfg.out,
+                           generations=table, aggregate=agg, uri=uri, datasets=datasets)
         print(f"[emoexp] MLflow: experiment {cfg.experiment!r}, parent run {run_id} ({uri})")
 
 
-def results_table(agg: Any, metric: str = "tec") -> str:
-    """Markdown: rows = targets; columns = unsteered, prompt baseline, then each alpha; cells = ``metric``
-    (target probability) with topic and repetition at the strongest alpha alongside."""
+def results_table(agg: Any) -> str:
+    """Markdown tables for the terminal: the target emotion's probability per target under
+    unsteered, the prompt baseline and each alpha; then topic consistency, repetition and
+    perplexity per alpha (mean over targets)."""
     import pandas as pd
 
-    if metric not in agg.columns:
-        metric = next(c for c in ("intensity", "topic") if c in agg.columns)
     steered = agg[agg["condition"] == "steered"]
-    lines = []
     alphas = sorted(steered["alpha"].dropna().unique())
-    head = ["target", "unsteered", "prompt"] + [f"α={a:g}" for a in alphas]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
     unst = agg[agg["condition"] == "unsteered"]
-    u = float(unst[metric].iloc[0]) if len(unst) and metric in unst and pd.notna(unst[metric].iloc[0]) else float("nan")
+
+    def cell(frame: Any, col: str) -> str:
+        return f"{float(frame[col].iloc[0]):.3f}" if len(frame) and col in frame and pd.notna(frame[col].iloc[0]) else "—"
+
+    head = ["target", "unsteered", "prompt"] + [f"α={a:g}" for a in alphas]
+    lines = ["P(target emotion) — offline EPS (MiniLM zero-shot)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for tgt in sorted(steered["target"].dropna().unique()):
+        col = f"p_{tgt}"
         pr = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
-        cells = [tgt, f"{u:.3f}", f"{float(pr[metric].iloc[0]):.3f}" if len(pr) else "—"]
-        for a in alphas:
-            row = steered[(steered["target"] == tgt) & (steered["alpha"] == a)]
-            cells.append(f"{float(row[metric].iloc[0]):.3f}" if len(row) else "—")
+        cells = [tgt, cell(unst, col), cell(pr, col)]
+        cells += [cell(steered[(steered["target"] == tgt) & (steered["alpha"] == a)], col) for a in alphas]
         lines.append("| " + " | ".join(cells) + " |")
-    return f"{metric} (target-emotion probability; unsteered uses each row's target for reference)\n\n" + "\n".join(lines)
+    metrics = [m for m in ("topic", "repetition", "perplexity", "intensity") if m in agg.columns]
+    if metrics:
+        lines += ["", "| condition | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        groups = [("unsteered", unst), ("prompt", agg[agg["condition"] == "prompt"])]
+        groups += [(f"steered α={a:g}", steered[steered["alpha"] == a]) for a in alphas]
+        for name, frame in groups:
+            if len(frame):
+                lines.append(f"| {name} | " + " | ".join(f"{frame[m].mean():.3f}" for m in metrics) + " |")
+    return "\n".join(lines)
