@@ -76,8 +76,12 @@ def _check_writable(path: Path) -> None:
 
 def make_fabric(cfg: Any) -> Any:
     """A Fabric for ``cfg`` (accelerator, devices, num_nodes, precision)."""
+    import warnings
+
     from lightning.fabric import Fabric
 
+    if not os.environ.get("SLURM_STEP_ID"):  # a plain run on a machine that has srun installed
+        warnings.filterwarnings("ignore", message=r".*`srun` command is available")
     acc = _accelerator(cfg)
     world = cfg.devices * cfg.num_nodes
     strategy: Any = "auto"

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=[v1, v2]",
                         help="an axis: a dotted config key and a YAML list of values (repeatable)")
     parser.add_argument("--out_dir", default="outputs/sweep", help="sweep folder")
+    parser.add_argument("--evs_dir", default=None,
+                        help="folder of EV files shared across sweeps (default: <out_dir>/evs)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the base config's)")
     parser.add_argument("--limit", type=int, default=None, help="shrink every point (as emoexp run --limit)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
@@ -69,7 +71,8 @@ def _slug(point: dict[str, Any]) -> str:
     return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
-def expand(base: dict[str, Any], axes: list[tuple[str, list[Any]]], out_dir: str) -> list[tuple[dict, dict]]:
+def expand(base: dict[str, Any], axes: list[tuple[str, list[Any]]], out_dir: str,
+           evs_dir: str | None = None) -> list[tuple[dict, dict]]:
     """All grid points as ``(point, full config dict)``, validated against :class:`RunConfig`.
 
     Points with equal extraction settings get the same ``extract.out`` (EVs reused).
@@ -86,7 +89,7 @@ def expand(base: dict[str, Any], axes: list[tuple[str, list[Any]]], out_dir: str
         from ..config import fingerprint
 
         sha = fingerprint(ecfg)["sha"]
-        cfg.setdefault("extract", {})["out"] = str(Path(out_dir) / "evs" / f"{sha}.safetensors")
+        cfg.setdefault("extract", {})["out"] = str(Path(evs_dir or Path(out_dir) / "evs") / f"{sha}.safetensors")
         RunConfig(**cfg)  # validates the final point
         points.append((point, cfg))
     return points
@@ -104,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
         base["extract"] = {**base.get("extract", {}), "limit": args.limit}
         base["generate"] = {**base.get("generate", {}), "limit": max(1, args.limit // 4)}
     axes = [_axis(g) for g in args.grid]
-    points = expand(base, axes, args.out_dir)
+    points = expand(base, axes, args.out_dir, args.evs_dir)
     out = Path(args.out_dir)
     print(f"[emoexp] sweep: {len(points)} point(s) over {', '.join(k for k, _ in axes) or 'nothing'}")
     for point, cfg in points:

@@ -1,0 +1,138 @@
+"""``emoexp chat``: an interactive chat with live emotion weights.
+
+Commands inside the chat::
+
+    /set anger=1 joy=0.5     set the weights (replaces all; mixes allowed; 'base' too)
+    /add fear=0.5            change some weights, keep the others
+    /clear                   no steering
+    /show                    print the weights, site, layers and the last relative dose
+    /reset                   forget the conversation
+    /quit                    leave
+
+Example:
+    emoexp chat --model smollm2 --vectors outputs/run/evs.safetensors --site attn
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["ChatSession", "add_arguments", "main"]
+
+HELP = __doc__.split("Commands inside the chat::")[1].split("Example:")[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2", help="model spec (smollm2, a folder or a hub id)")
+    parser.add_argument("--vectors", required=True, help="EV safetensors file")
+    parser.add_argument("--site", default=None, help="site to steer (default: the vectors' own)")
+    parser.add_argument("--layers", default=None, help="layers to steer, e.g. 10,11,12 (default: all)")
+    parser.add_argument("--positions", default="all", choices=["all", "generated"])
+    parser.add_argument("--max_new_tokens", type=int, default=80)
+    parser.add_argument("--set", dest="initial", default="", help="initial weights, e.g. 'joy=1'")
+    parser.add_argument("--trust_remote_code", action="store_true")
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"anger=1 joy=0.5"`` (or comma-separated) -> {"anger": 1.0, "joy": 0.5}."""
+    from .config import parse_target
+
+    parts = [p for p in text.replace(",", " ").split() if p]
+    out: dict[str, float] = {}
+    for p in parts:
+        if "=" not in p:
+            raise ValueError(f"expected emotion=weight, got {p!r}")
+        out.update(parse_target(p))
+    return out
+
+
+class ChatSession:
+    """A conversation with a steered model; plain PyTorch, no Fabric."""
+
+    def __init__(self, model: Any, tok: Any, evs: Any, *, site: str, layers: list[int] | None,
+                 positions: str, max_new_tokens: int):
+        self.model, self.tok, self.evs = model, tok, evs
+        self.site, self.layers, self.positions = site, layers, positions
+        self.max_new_tokens = max_new_tokens
+        self.weights: dict[str, float] = {}
+        self.history: list[dict[str, str]] = []
+        self.last_dose: float | None = None
+
+    def command(self, line: str) -> str:
+        """Apply a ``/command`` and return the message to show."""
+        cmd, _, rest = line.strip().partition(" ")
+        if cmd == "/set":
+            self.weights = parse_weights(rest)
+        elif cmd == "/add":
+            self.weights.update(parse_weights(rest))
+        elif cmd == "/clear":
+            self.weights = {}
+        elif cmd == "/reset":
+            self.history = []
+            return "conversation cleared"
+        elif cmd != "/show":
+            return f"unknown command {cmd}; commands:{HELP}"
+        for name in self.weights:
+            self.evs.combine({name: 1.0})  # unknown emotions fail here, before generation
+        dose = f", last relative dose {self.last_dose:.3f}" if self.last_dose is not None else ""
+        shown = ", ".join(f"{k}={v:g}" for k, v in self.weights.items()) or "none (unsteered)"
+        return f"weights: {shown}; site {self.site}, layers {self.layers or 'all'}, positions {self.positions}{dose}"
+
+    def reply(self, text: str) -> str:
+        """Generate the assistant's reply to ``text`` under the current weights."""
+        from .generation import generate
+        from .prompts import encode_prompts, uses_chat_template
+        from .steering import steer
+
+        self.history.append({"role": "user", "content": text})
+        if uses_chat_template(self.tok):
+            prompt = self.tok.apply_chat_template(self.history, tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in self.history) + "Assistant:"
+        ids = encode_prompts(self.tok, [prompt])
+        if self.weights:
+            with steer(self.model, self.evs.combine(self.weights), layers=self.layers, site=self.site,
+                       positions=self.positions, record_dose=True) as s:
+                out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens)[0]
+            doses = s.doses()
+            self.last_dose = sum(doses.values()) / len(doses) if doses else None
+        else:
+            out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens)[0]
+        self.history.append({"role": "assistant", "content": out.text})
+        return out.text
+
+
+def loop(session: ChatSession, lines: Iterable[str], write: Callable[[str], Any]) -> None:
+    """Read lines until /quit or end of input; commands start with '/'."""
+    write("emoexp chat — /set anger=1 joy=0.5, /clear, /show, /reset, /quit\n> ")
+    for line in lines:
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        if not line:
+            write("> ")
+            continue
+        try:
+            msg = session.command(line) if line.startswith("/") else session.reply(line)
+        except (KeyError, ValueError) as e:
+            msg = f"error: {e}"
+        write(msg + "\n> ")
+    write("\n")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .vectors import EmotionVectors
+
+    evs = EmotionVectors.load(args.vectors)
+    model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    session = ChatSession(model, tok, evs, site=args.site or evs.metadata.get("site", "residual"), layers=layers,
+                          positions=args.positions, max_new_tokens=args.max_new_tokens)
+    if args.initial:
+        print(session.command(f"/set {args.initial}"))
+    loop(session, sys.stdin, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    return 0
