@@ -1,0 +1,134 @@
+"""End to end: `emoexp run` on a tiny model, then everything read back through a real
+`mlflow server` on loopback; a rerun of the same config adds no runs; `emoexp compare` works
+on what was logged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from emoexp import EmotionVectors
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["run", "--model", "tiny-random-llama", "--accelerator", "cpu", "--limit", "2", "--max_new_tokens", "5",
+        "--batch_size", "8", "--experiment", "e2e", "--out_dir", "out"]
+
+
+def _run(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "emoexp", *ARGS, *extra], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    proc = _run(root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{root}/mlruns/mlflow.db", "--artifacts-destination", str(root / "mlruns" / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, (root / "server.log").read_text()[-2000:]
+                time.sleep(0.25)
+        yield {"root": root, "stdout": proc.stdout, "client": MlflowClient(url)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
+        log.close()
+
+
+def _runs(client: MlflowClient):
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_run_prints_the_table_and_writes_outputs(job):
+    out = job["root"] / "out"
+    assert "P(target emotion)" in job["stdout"] and "| joy |" in job["stdout"]
+    for name in ("evs.safetensors", "generations.jsonl", "scores.jsonl", "aggregate.csv", "results.md"):
+        assert (out / name).is_file(), name
+    assert list((out / "plots").glob("*.png"))
+
+
+def test_everything_reads_back_over_rest(job, tmp_path):
+    client = job["client"]
+    parents, children = _runs(client)
+    assert len(parents) == 1
+    parent = parents[0]
+    agg = pd.read_csv(job["root"] / "out" / "aggregate.csv")
+    # one child per (condition, target, alpha): 1 unsteered + 5 prompt + 5 targets x 5 alphas
+    assert len(children) == len(agg) == 1 + 5 + 25
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert parent.data.params["model"] == "tiny-random-llama"
+    for c in children:
+        t = c.data.tags
+        row = agg[(agg["condition"] == t["condition"])
+                  & ((agg["target"].astype(str) == t["target"]) | (agg["target"].isna() & (t["target"] == "none")))]
+        if t["condition"] == "steered":
+            row = row[row["alpha"] == float(t["alpha"])]
+            assert c.data.metrics["alpha"] == float(t["alpha"])
+        assert len(row) == 1, t
+        for m in ("intensity", "topic", "repetition", "perplexity"):
+            assert c.data.metrics[m] == pytest.approx(float(row[m].iloc[0]), rel=1e-9, abs=1e-12), (t, m)
+    ev_file = client.download_artifacts(parent.info.run_id, "vectors/evs.safetensors", str(tmp_path))
+    logged, local = EmotionVectors.load(ev_file), EmotionVectors.load(job["root"] / "out" / "evs.safetensors")
+    assert logged.emotions == local.emotions and all(torch.equal(logged[e], local[e]) for e in local.emotions)
+    child = next(c for c in children if c.data.tags["condition"] == "unsteered")
+    table = client.download_artifacts(child.info.run_id, "generations.json", str(tmp_path))
+    gens = pd.read_json(table, orient="split")
+    assert len(gens) == int(agg[agg["condition"] == "unsteered"]["n"].iloc[0]) and "response" in gens
+
+
+def test_rerun_of_the_same_config_adds_nothing_and_compare_reads_mlflow(job):
+    before = _runs(job["client"])
+    _run(job["root"])
+    after = _runs(job["client"])
+    assert len(after[0]) == len(before[0]) == 1 and len(after[1]) == len(before[1])
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "emoexp", "compare", "--experiment", "e2e", "--out",
+                           str(job["root"] / "cmp")], cwd=job["root"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    csv = pd.read_csv(job["root"] / "cmp" / "compare.csv")
+    agg = pd.read_csv(job["root"] / "out" / "aggregate.csv")
+    assert len(csv) == 1
+    checked = 0
+    for tgt in ("joy", "anger"):
+        for alpha in (-1, 1, 2):
+            want = agg[(agg["condition"] == "steered") & (agg["target"] == tgt) & (agg["alpha"] == alpha)]["intensity"]
+            assert csv[f"intensity[{tgt}]@{alpha:g}"].iloc[0] == pytest.approx(float(want.iloc[0]), rel=1e-9)
+            checked += 1
+    want = agg[agg["condition"] == "unsteered"]["topic"]
+    assert csv["topic@unsteered"].iloc[0] == pytest.approx(float(want.iloc[0]), rel=1e-9)
+    assert checked == 6
