@@ -1,0 +1,121 @@
+"""CPU benchmarks on SmolLM2-135M-Instruct: steering overhead, extraction cost, batch scaling.
+
+Every comparison is measured in one run, interleaved (A, B, A, B, ...), and reported as a
+ratio of medians, because these machines are shared and noisy. Results are printed as a table
+and written, with the machine's description, to docs/benchmarks.md (section "CPU").
+
+Run:  .venv/bin/python benchmarks/cpu_steering.py [--repeats 3] [--new_tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from emoexp import find_layers, steer
+from emoexp.capture import capture_groups, scope_mask
+from emoexp.datasets import load_queries
+from emoexp.fold import fold_into_bias
+from emoexp.generation import capture_batch, left_pad
+from emoexp.models import load_model
+from emoexp.prompts import Conditioning, encode_prompts, generation_prompt
+
+
+def _generate(model, tok, prompts, new_tokens: int) -> tuple[float, list[list[int]]]:
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    t = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         do_sample=False, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    dt = time.perf_counter() - t
+    return dt, out[:, ids.shape[1]:].tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new_tokens", type=int, default=32)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = load_model("smollm2")
+    cond = Conditioning()
+    qs = load_queries("emotionquery_plus", limit=11)
+    prompts = encode_prompts(tok, [generation_prompt(tok, q.query, "unsteered", None, cond) for q in qs])
+    n_layers, hidden = len(find_layers(model)), model.config.hidden_size
+    d = torch.randn(n_layers, hidden, generator=torch.Generator().manual_seed(0)) * 0.5
+    rows: list[tuple[str, str]] = []
+    results: dict[str, float] = {}
+
+    def tps(batch: int, mode: str) -> float:
+        p = prompts[:batch]
+        if mode == "hooks":
+            with steer(model, d, site="attn"):
+                dt, _ = _generate(model, tok, p, args.new_tokens)
+        elif mode == "fold":
+            with fold_into_bias(model, d, site="attn", verify=False):
+                dt, _ = _generate(model, tok, p, args.new_tokens)
+        else:
+            dt, _ = _generate(model, tok, p, args.new_tokens)
+        return batch * args.new_tokens / dt
+
+    _generate(model, tok, prompts[:2], 4)  # warm-up
+    # 1. steered vs unsteered at batch 1 and 16, interleaved
+    for batch in (1, 16):
+        samples: dict[str, list[float]] = {"plain": [], "hooks": [], "fold": []}
+        for _ in range(args.repeats):
+            for mode in samples:
+                samples[mode].append(tps(batch, mode))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        results.update({f"b{batch}_{k}": v for k, v in med.items()})
+        rows.append((f"batch {batch}: unsteered tok/s", f"{med['plain']:.1f}"))
+        rows.append((f"batch {batch}: steered (hooks, attn, 30 layers) tok/s", f"{med['hooks']:.1f}"))
+        rows.append((f"batch {batch}: steered (bias fold) tok/s", f"{med['fold']:.1f}"))
+        rows.append((f"batch {batch}: steered ÷ unsteered (hooks / fold)",
+                     f"{med['hooks'] / med['plain']:.3f} / {med['fold'] / med['plain']:.3f}"))
+    # 2. extraction (generate + one capture pass) vs generating the same responses
+    p16 = prompts[:16]
+    gen_t, cap_t = [], []
+    for _ in range(args.repeats):
+        dt, resp = _generate(model, tok, p16, args.new_tokens)
+        gen_t.append(dt)
+        ids, mask, width = capture_batch(p16, resp, tok.pad_token_id)
+        t = time.perf_counter()
+        capture_groups(model, ids, mask, scope_mask(mask, width, "response"), torch.zeros(16, dtype=torch.long), 1,
+                       site="residual")
+        cap_t.append(time.perf_counter() - t)
+    g, c = statistics.median(gen_t), statistics.median(cap_t)
+    rows.append(("extraction ÷ generation (batch 16, capture pass included)", f"{(g + c) / g:.3f}"))
+    # 3. throughput vs batch size
+    base = None
+    for batch in (1, 4, 16, 64):
+        p = (prompts * 4)[:batch]
+        v = statistics.median(batch * args.new_tokens / _generate(model, tok, p, args.new_tokens)[0]
+                              for _ in range(max(1, args.repeats - 1)))
+        base = base or v
+        rows.append((f"throughput at batch {batch} (tok/s, × batch 1)", f"{v:.1f} ({v / base:.2f}×)"))
+    table = "| measurement | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(table)
+    section = (f"## CPU: SmolLM2-135M-Instruct (float32), {args.new_tokens} new tokens, greedy, "
+               f"median of {args.repeats} interleaved repeats\n\nMachine: {machine}. Measured "
+               f"{time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/cpu_steering.py`.\n\n{table}\n")
+    out = Path(args.out)
+    text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
+    start = text.find("## CPU:")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Which backend computes each metric: the :class:`Backends` settings and named presets.
+
+``offline`` (default) needs no network: MiniLM zero-shot EPS, MiniLM cosine topic,
+SmolLM2-135M-Instruct perplexity, no EAS. ``paper`` is the paper's setup: bart-large-mnli EPS
+(by hub id) and an LLM judge for topic and EAS (``EMOEXP_JUDGE_*``); set ``perplexity`` to
+the unsteered model being studied.
+
+Example:
+    >>> Backends.resolve({"preset": "paper", "perplexity": "Qwen/Qwen2.5-7B-Instruct"}).eps
+    'nli:facebook/bart-large-mnli'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .judge import JudgeConfig
+from .vectors import EMOTIONS
+from .zeroshot import DEFAULT_TEMPLATE
+
+__all__ = ["PRESETS", "Backends"]
+
+#: Named backend sets. ``paper`` needs a hub connection (bart-large-mnli) and an LLM judge.
+PRESETS: dict[str, dict[str, Any]] = {
+    "offline": {},
+    "paper": {"eps": "nli:facebook/bart-large-mnli", "topic": "judge", "eas": "judge"},
+}
+
+
+@dataclass
+class Backends:
+    """Which backend computes each metric.
+
+    Attributes:
+        eps: ``minilm`` | ``embed:<encoder>`` | ``nli:<model>`` (e.g. ``nli:facebook/bart-large-mnli``).
+        topic: ``minilm`` | ``embed:<encoder>`` | ``judge`` | ``hf:<model>``.
+        perplexity: reference LM, any :func:`emoexp.models.load_model` spec (the paper: the
+            unsteered model being studied).
+        eas: ``None`` (EAS not computed) | ``judge`` | ``hf:<model>``.
+        judge: endpoint settings (default: ``EMOEXP_JUDGE_*`` variables).
+        labels: emotion labels for EPS.
+        template: EPS hypothesis template.
+        max_length: perplexity context cap in tokens (default: the model's context).
+        batch_size: perplexity batch size.
+        progress: show tqdm bars.
+    """
+
+    eps: str = "minilm"
+    topic: str = "minilm"
+    perplexity: str = "smollm2"
+    eas: str | None = None
+    judge: JudgeConfig | None = None
+    labels: tuple[str, ...] = EMOTIONS
+    template: str = DEFAULT_TEMPLATE
+    max_length: int | None = None
+    batch_size: int = 8
+    progress: bool = False
+
+    @classmethod
+    def resolve(cls, backend: str | Mapping[str, Any] | Backends | None) -> Backends:
+        """``None``/``"offline"``, ``"paper"``, a dict of overrides (may hold ``preset``), or a Backends.
+
+        Example:
+            >>> Backends.resolve({"preset": "paper", "perplexity": "Qwen/Qwen2.5-7B-Instruct"}).eps
+            'nli:facebook/bart-large-mnli'
+        """
+        if isinstance(backend, Backends):
+            return backend
+        if backend is None or isinstance(backend, str):
+            backend = {"preset": backend or "offline"}
+        over = dict(backend)
+        preset = over.pop("preset", "offline")
+        if preset not in PRESETS:
+            raise ValueError(f"unknown backend preset {preset!r}: use one of {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(over) - fields)
+        if unknown:
+            raise ValueError(f"unknown backend settings {unknown}: known are {sorted(fields)}")
+        return cls(**{**PRESETS[preset], **over})

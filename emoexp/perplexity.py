@@ -1,0 +1,108 @@
+"""Perplexity of texts under a reference causal LM (the fluency score).
+
+``PPL(x) = exp(-(1/T) * sum_t log p(x_t | x_<t))`` over the text's T tokens (tokenized without
+special tokens), each predicted from a BOS (or EOS) token plus the tokens before it. Texts
+longer than the context are cut to their first ``max_length - 1`` tokens and flagged.
+
+Example:
+    >>> lm = get_reference_lm("smollm2")                             # doctest: +SKIP
+    >>> lm.perplexity(["The cat sat on the mat.", "mat the on sat cat The"]).values
+    array([ 40.1, 2203.7])
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["PerplexityResult", "ReferenceLM", "get_reference_lm"]
+
+
+@dataclass
+class PerplexityResult:
+    """Per-text perplexity (NaN for a text with no tokens), scored tokens, truncation flags."""
+
+    values: np.ndarray
+    n_tokens: list[int]
+    truncated: list[bool]
+
+
+class ReferenceLM:
+    """A causal LM that scores text.
+
+    Args:
+        spec: any :func:`emoexp.models.load_model` spec (``smollm2``, ``tiny-random-llama``,
+            a folder, a hub id).
+        max_length: tokens per text including the BOS context (default: the model's context).
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, spec: str = "smollm2", *, max_length: int | None = None, batch_size: int = 8):
+        from .models import SMOLLM2, SMOLLM2_HUB_ID, load_model
+
+        self.spec = spec
+        self.model, self.tokenizer = load_model(spec)
+        self.model_id = SMOLLM2_HUB_ID if spec == SMOLLM2 else spec
+        context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_length = int(min(max_length or context, context))
+        self.batch_size = batch_size
+        tok = self.tokenizer
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None:
+            raise ValueError(f"{spec!r}: the tokenizer has neither a BOS nor an EOS token to start from")
+        self.start_id = int(start)
+
+    def __repr__(self) -> str:
+        return f"ReferenceLM({self.model_id!r}, max_length={self.max_length})"
+
+    @torch.inference_mode()
+    def perplexity(self, texts: Sequence[str], *, progress: bool = False) -> PerplexityResult:
+        """Perplexity of each text.
+
+        Args:
+            texts: strings to score.
+            progress: show a tqdm bar.
+        """
+        texts = list(texts)
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        keep = self.max_length - 1
+        truncated = [len(x) > keep for x in ids]
+        seqs = [[self.start_id] + list(x[:keep]) for x in ids]
+        values = np.full(len(texts), np.nan)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        starts = range(0, len(order), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"perplexity ({self.model_id.split('/')[-1]})", unit="batch")
+        for s in starts:
+            idx = [i for i in order[s:s + self.batch_size] if len(seqs[i]) > 1]
+            if not idx:
+                continue
+            width = max(len(seqs[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), self.start_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # right padding: positions are the same as unpadded
+                input_ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, :len(seqs[i])] = 1
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+            m = mask[:, 1:].float()
+            mean_nll = (nll * m).sum(1) / m.sum(1)
+            values[idx] = torch.exp(mean_nll).numpy()
+        return PerplexityResult(values, [len(x) - 1 for x in seqs], truncated)
+
+
+@functools.lru_cache(maxsize=2)
+def get_reference_lm(spec: str = "smollm2", max_length: int | None = None, batch_size: int = 8) -> ReferenceLM:
+    """A cached :class:`ReferenceLM`.
+
+    Example:
+        >>> get_reference_lm("tiny-random-llama").perplexity(["hello"]).n_tokens  # doctest: +SKIP
+        [1]
+    """
+    return ReferenceLM(spec, max_length=max_length, batch_size=batch_size)

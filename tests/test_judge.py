@@ -1,0 +1,253 @@
+"""The LLM judge against a real HTTP server on loopback: valid, out-of-range, missing-key,
+non-JSON, fenced, slow (timeout), failing and unreachable endpoints; the key never leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from emoexp.judge import (
+    JudgeConfig,
+    JudgeError,
+    JudgeUnavailableError,
+    get_judge,
+    parse_scores,
+    rate_emotions,
+    rate_topic,
+)
+from emoexp.judge import JudgeReplyError as ReplyError
+
+KEY = "sk-test-SECRET-0123456789"
+VALID = {"anger": 10, "disgust": 0, "fear": 5, "joy": 90, "sadness": 0}
+
+
+class Server:
+    """A scripted OpenAI-compatible server: each request pops the next action.
+
+    An action is a dict (sent as the assistant's JSON content), a str (sent as raw content),
+    ``("status", code)``, ``("sleep", seconds)`` or ``("raw", bytes)`` (the whole HTTP body).
+    When the script runs out, the last action repeats.
+    """
+
+    def __init__(self, actions):
+        self.actions = list(actions)
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                action = outer.actions.pop(0) if len(outer.actions) > 1 else outer.actions[0]
+                if isinstance(action, tuple) and action[0] == "sleep":
+                    time.sleep(action[1])
+                    action = VALID
+                if isinstance(action, tuple) and action[0] == "status":
+                    payload = f"error; your key was {self.headers.get('Authorization')}".encode()
+                    self.send_response(action[1])
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if isinstance(action, tuple) and action[0] == "raw":
+                    payload = action[1]
+                else:
+                    content = action if isinstance(action, str) else json.dumps(action)
+                    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def config(url: str, **kw) -> JudgeConfig:
+    return JudgeConfig(**{"base_url": url, "model": "judge-model", "api_key": KEY, "timeout": 2.0,
+                          "max_retries": 2, "backoff": 0.01, **kw})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_valid_reply_and_request_shape():
+    with Server([VALID]) as srv:
+        r = rate_emotions(get_judge("judge", config(srv.url)), ["Yay, I won!"])[0]
+    assert r.scores == {k: float(v) for k, v in VALID.items()}
+    assert (r.clamped, r.tries, r.error) == (False, 1, None)
+    req = srv.requests[0]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["auth"] == f"Bearer {KEY}"
+    assert req["body"]["model"] == "judge-model"
+    assert req["body"]["response_format"] == {"type": "json_object"}
+    assert "Yay, I won!" in req["body"]["messages"][-1]["content"]
+
+
+def test_out_of_range_is_clamped_and_flagged():
+    with Server([{**VALID, "joy": 140, "anger": -3}]) as srv:
+        r = rate_emotions(get_judge("judge", config(srv.url)), ["x"])[0]
+    assert r.scores["joy"] == 100.0 and r.scores["anger"] == 0.0 and r.clamped
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"anger": 1, "disgust": 2, "fear": 3, "joy": 4}, "lacks ['sadness']"),
+    ("Sure! The text is joyful.", "not JSON"),
+    ({**VALID, "joy": "high"}, "not a finite number"),
+    ([1, 2, 3], "not an object"),
+])
+def test_invalid_replies_are_retried_then_recorded(bad, reason):
+    with Server([bad]) as srv:  # always invalid
+        r = rate_emotions(get_judge("judge", config(srv.url, max_retries=2)), ["x"])[0]
+    assert r.scores is None and r.tries == 3 and reason in r.error
+    assert len(srv.requests) == 3
+    # The retry shows the model its reply and asks again.
+    assert srv.requests[1]["body"]["messages"][-1]["role"] == "user"
+    assert srv.requests[1]["body"]["messages"][-2]["role"] == "assistant"
+
+
+def test_invalid_then_valid_reply_recovers():
+    with Server(["not json", VALID]) as srv:
+        r = rate_emotions(get_judge("judge", config(srv.url)), ["x"])[0]
+    assert r.scores is not None and r.tries == 2 and r.error is None
+
+
+def test_fenced_json_is_accepted_but_prose_around_it_is_not():
+    assert parse_scores('```json\n{"topic": 55}\n```', ["topic"]) == ({"topic": 55.0}, False)
+    with pytest.raises(ReplyError):
+        parse_scores('Here you go: {"topic": 55}', ["topic"])
+    with pytest.raises(ReplyError):
+        parse_scores('{"topic": true}', ["topic"])
+
+
+def test_http_500_is_retried():
+    with Server([("status", 500), VALID]) as srv:
+        r = rate_emotions(get_judge("judge", config(srv.url)), ["x"])[0]
+    assert r.scores is not None and len(srv.requests) == 2
+
+
+def test_slow_server_times_out_with_clear_error_and_keeps_finished_ratings():
+    with Server([VALID, ("sleep", 1.5)]) as srv:
+        judge = get_judge("judge", config(srv.url, timeout=0.3, max_retries=1))
+        t = time.time()
+        with pytest.raises(JudgeUnavailableError) as ei:
+            rate_emotions(judge, ["first", "second", "third"])
+        elapsed = time.time() - t
+    assert "timed out" in str(ei.value) and "unreachable after 2 tries" in str(ei.value)
+    assert len(ei.value.completed) == 1 and ei.value.completed[0].scores is not None
+    assert elapsed < 3.0
+    assert KEY not in str(ei.value)
+
+
+def test_unreachable_judge_raises_clear_error_without_key():
+    url = f"http://user:pw@127.0.0.1:{free_port()}/v1"
+    with pytest.raises(JudgeUnavailableError) as ei:
+        rate_topic(get_judge("judge", config(url, max_retries=1)), ["q"], ["r"])
+    msg = str(ei.value)
+    assert "unreachable" in msg and "127.0.0.1" in msg
+    assert KEY not in msg and "pw" not in msg
+
+
+def test_rejected_request_error_hides_the_key(caplog):
+    caplog.set_level(logging.DEBUG)
+    with Server([("status", 401)]) as srv:  # the server echoes the Authorization header
+        judge = get_judge("judge", config(srv.url))
+        with pytest.raises(JudgeError) as ei:
+            rate_emotions(judge, ["x"])
+    assert "HTTP 401" in str(ei.value)
+    assert KEY not in str(ei.value) and "***" in str(ei.value)
+    assert KEY not in repr(judge) and KEY not in repr(judge.config) and KEY not in str(judge.describe())
+    assert KEY not in caplog.text
+
+
+def test_topic_rating_and_env_config(monkeypatch):
+    with Server([{"topic": 80}]) as srv:
+        monkeypatch.setenv("EMOEXP_JUDGE_BASE_URL", srv.url)
+        monkeypatch.setenv("EMOEXP_JUDGE_MODEL", "m")
+        monkeypatch.setenv("EMOEXP_JUDGE_API_KEY", KEY)
+        cfg = JudgeConfig.from_env(timeout=2.0)
+        r = rate_topic(get_judge("judge", cfg), ["How do I bake bread?"], ["Knead the dough."])[0]
+    assert r.scores == {"topic": 80.0}
+    assert srv.requests[0]["auth"] == f"Bearer {KEY}"
+    monkeypatch.delenv("EMOEXP_JUDGE_BASE_URL")
+    with pytest.raises(JudgeError, match="EMOEXP_JUDGE_BASE_URL"):
+        JudgeConfig.from_env()
+
+
+def test_long_text_is_cut_and_flagged():
+    with Server([VALID]) as srv:
+        r = rate_emotions(get_judge("judge", config(srv.url, max_chars=50)), ["word " * 100])[0]
+    assert r.truncated and len(srv.requests[0]["body"]["messages"][-1]["content"]) < 700
+
+
+def test_score_keeps_finished_scores_when_the_judge_dies():
+    from emoexp.scoring import ScoringInterrupted, score
+
+    with Server([VALID, VALID, ("status", 503)]) as srv, pytest.raises(ScoringInterrupted) as ei:
+        score(["I love it!", "so so so so so so", "", "Great news!"], metrics=["repetition", "eas"],
+              backend={"eas": "judge", "judge": config(srv.url, max_retries=1)})
+    df = ei.value.partial
+    assert len(df) == 4
+    assert df["repetition"].notna().tolist() == [True, True, False, True]  # finished metric kept
+    assert df["eas_joy"].notna().tolist() == [True, True, False, False]  # two judged before it died
+    assert "judge failed (JudgeUnavailableError)" in df.loc[3, "issues"] and df.loc[2, "issues"] == "empty response"
+    assert "2 of 3 scored" in str(ei.value) and KEY not in str(ei.value)
+
+
+def test_score_with_judge_records_backend_and_topic_scale():
+    from emoexp.scoring import score
+
+    with Server([{"topic": 70}]) as srv:
+        df = score(["Knead the dough."], ["How do I bake bread?"], metrics=["topic"],
+                   backend={"topic": "judge", "judge": config(srv.url)})
+    assert df.loc[0, "topic"] == pytest.approx(0.70)
+    assert df.loc[0, "topic_backend"] == "llm-judge:judge-model"
+    assert KEY not in df.to_json() and KEY not in json.dumps(df.attrs, default=str)
+
+
+def test_local_hf_judge_code_path(monkeypatch):
+    from emoexp.judge_local import LocalJudge
+    from emoexp.scoring import score
+
+    judge = LocalJudge("tiny-random-llama", max_new_tokens=4, max_retries=1)
+    r = rate_emotions(judge, ["I am happy"])[0]  # random weights: never valid JSON
+    assert r.scores is None and r.tries == 2 and "not JSON" in r.error
+    monkeypatch.setattr(LocalJudge, "complete", lambda self, messages: json.dumps({**VALID, "fear": 101}))
+    df = score(["I am happy"], metrics=["eas"], backend={"eas": "hf:tiny-random-llama"})
+    assert df.loc[0, "eas_joy"] == 90.0 and df.loc[0, "eas_fear"] == 100.0
+    assert df.loc[0, "eas_backend"] == "hf-judge:tiny-random-llama"
+    assert "clamped" in df.loc[0, "issues"]
+
+
+def test_score_keeps_finished_scores_when_the_judge_rejects_the_key():
+    from emoexp.scoring import ScoringInterrupted, score
+
+    with Server([("status", 401)]) as srv, pytest.raises(ScoringInterrupted) as ei:
+        score(["Nice!", "Fine."], ["How are you?"] * 2, metrics=["repetition", "topic"],
+              backend={"topic": "judge", "judge": config(srv.url)})
+    df = ei.value.partial
+    assert df["repetition"].notna().all() and df["topic"].isna().all()
+    assert "HTTP 401" in str(ei.value) and KEY not in str(ei.value)
+    assert df.loc[0, "topic_backend"] == "llm-judge:judge-model"
