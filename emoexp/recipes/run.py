@@ -117,7 +117,9 @@ def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlf
     t = time.time()
     ecfg, gcfg = cfg.extract_config(), cfg.generate_config()
     gens = pd.read_json(gcfg.out, lines=True)
-    targets = [None if c == "unsteered" else tgt for c, tgt in zip(gens["condition"], gens["target"])]
+    # A mix's weights dict lets TEC pick its largest positive emotion; a plain target is its name.
+    targets = [None if c == "unsteered" else (w if isinstance(w, dict) and len(w) > 1 else tgt)
+               for c, tgt, w in zip(gens["condition"], gens["target"], gens["weights"])]
     ev = dict(cfg.evaluate)
     backend = {"preset": ev.get("backend") or "offline", "perplexity": cfg.model, "progress": True,
                **ev.get("backends", {})}
