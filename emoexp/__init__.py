@@ -7,6 +7,7 @@ Public surface::
     emoexp.steer(model, directions, layers=None, site="residual", positions="all")
     emoexp.capture(model, input_ids, attention_mask, token_mask, site=...)
     emoexp.score(responses, queries=None, targets=None, metrics=None, backend=None)
+    emoexp.fold_into_bias(model, directions)       # hook-free fast path (torch.compile-safe)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .capture import SCOPES, ActivationSums, capture, scope_mask
+from .fold import NotFoldable, fold_into_bias
 from .layers import SITES, find_layers
 from .steering import POSITIONS, self_test, steer
 from .vectors import EMOTIONS, EmotionVectors, VectorFileError, import_official
@@ -22,7 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EMOTIONS", "POSITIONS", "SCOPES", "SITES", "ActivationSums", "EmotionVectors", "VectorFileError",
-    "capture", "find_layers", "import_official", "scope_mask", "score", "self_test", "steer",
+    "NotFoldable", "capture", "find_layers", "fold_into_bias", "import_official", "scope_mask", "score",
+    "self_test", "steer",
 ]
 
 
@@ -31,3 +34,4 @@ def score(*args: Any, **kwargs: Any) -> Any:
     from .scoring import score as _score
 
     return _score(*args, **kwargs)
+
