@@ -16,8 +16,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.metadata as md
+import json
 import os
 from pathlib import Path
 from typing import Any

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import VOCAB
+
 from emoexp import capture, find_layers, scope_mask, self_test, steer
 from emoexp.capture import forward_kwargs
 from emoexp.layers import hidden_of, site_module

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import VOCAB, make_tiny
+
 from emoexp import find_layers, steer
 from emoexp.fold import NotFoldable, fold_into_bias
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import make_tiny
 from emoexp import EmotionVectors, VectorFileError, find_layers, import_official, steer
 from emoexp.layers import LayerDiscoveryError
 

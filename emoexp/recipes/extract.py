@@ -54,7 +54,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
     from ..layers import find_layers
     from ..models import describe, load_model
     from ..prompts import Conditioning, encode_prompts, render_prompt
-    from ..runtime import Preemption, all_reduce_sum, finish, model_dtype, my_batches
+    from ..runtime import Preemption, all_reduce_sum, model_dtype, my_batches
     from ..vectors import EmotionVectors, library_versions
     from ..workdir import WorkDir
 

@@ -73,7 +73,7 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     from ..generation import make_batches
     from ..models import describe, load_model
     from ..prompts import Conditioning, encode_prompts, generation_prompt
-    from ..runtime import Preemption, finish, model_dtype, my_batches
+    from ..runtime import Preemption, model_dtype, my_batches
     from ..steering import steer
     from ..vectors import EmotionVectors
     from ..workdir import WorkDir

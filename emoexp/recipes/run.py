@@ -70,9 +70,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg: RunConfig, *, mlflow: bool = True) -> Path:
     """Run the whole pipeline for ``cfg``; returns the output folder."""
+    from ..config import fingerprint
     from ..runtime import check_resources, make_fabric
     from ..workdir import WorkDir
-    from ..config import fingerprint
 
     ecfg, gcfg = cfg.extract_config(), cfg.generate_config()
     uri = None
@@ -136,13 +136,12 @@ def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlf
     summary = results_table(agg)
     (out_dir / "results.md").write_text(summary + "\n")
     print("\n" + summary + "\n")
-    print(f"[emoexp] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    print("[emoexp] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"[emoexp] outputs in {out_dir}: evs.safetensors, generations.jsonl, scores.jsonl, aggregate.csv, "
           f"results.md, {len(plots)} plots")
     if mlflow:
-        from ..tracking import log_study
-
         from ..datasets import BUNDLED, bundled_path
+        from ..tracking import log_study
 
         prov = {**describe(model, tok, cfg.model, cfg.revision), "world_size": cfg.devices * cfg.num_nodes,
                 "devices": cfg.devices, "num_nodes": cfg.num_nodes, **timings}
