@@ -195,7 +195,10 @@ def capture_groups(
 
     hooks = [site_module(blocks[l], site).register_forward_hook(make_hook(l)) for l in chosen]
     try:
-        model(**forward_kwargs(model, input_ids, attention_mask), use_cache=False)
+        kw = forward_kwargs(model, input_ids, attention_mask)
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            kw["logits_to_keep"] = 1  # captures need no vocabulary projection over every position
+        model(**kw, use_cache=False)
     finally:
         for h in hooks:
             h.remove()
