@@ -88,7 +88,11 @@ def make_fabric(cfg: Any) -> Any:
     if world > 1:
         from lightning.fabric.strategies import DDPStrategy
 
-        strategy = DDPStrategy(process_group_backend="gloo" if acc == "cpu" else "nccl")
+        from datetime import timedelta
+
+        # Other ranks wait at the final barrier while rank 0 scores and logs: allow hours.
+        strategy = DDPStrategy(process_group_backend="gloo" if acc == "cpu" else "nccl",
+                               timeout=timedelta(hours=6))
     return Fabric(accelerator=acc, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
                   precision=precision(cfg))
 
