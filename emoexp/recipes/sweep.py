@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     parser.add_argument("--slurm", action="store_true", help="submit the points as a SLURM job array")
     parser.add_argument("--dry-run", action="store_true", help="print the points (and the array script) only")
+    parser.add_argument("--summarize", action="store_true", help="only rewrite sweep.md/csv from finished points")
 
 
 def _axis(text: str) -> tuple[str, list[Any]]:
@@ -112,6 +113,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"[emoexp] sweep: {len(points)} point(s) over {', '.join(k for k, _ in axes) or 'nothing'}")
     for point, cfg in points:
         print(f"  {cfg['out_dir']}: {point}")
+    if args.summarize:
+        print(f"[emoexp] wrote {summarize(points, out)}")
+        return 0
     if args.dry_run and not args.slurm:
         return 0
     if args.slurm:
@@ -154,8 +158,19 @@ def summarize(points: list[tuple[dict, dict]], out: Path) -> Path:
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sweep.csv", index=False)
-    (out / "sweep.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n" if len(table) else "no results\n")
+    (out / "sweep.md").write_text(_markdown(table) if len(table) else "no results\n")
     return out / "sweep.md"
+
+
+def _markdown(table: Any) -> str:
+    """A Markdown table (no tabulate dependency); floats with 3 decimals."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def best_per_target(agg: Any, min_topic_ratio: float = 0.8, max_rep_ratio: float = 1.5) -> list[dict[str, Any]]:
