@@ -91,8 +91,8 @@ class Common:
     batch_size: int = 8
     #: new tokens per response
     max_new_tokens: int = 48
-    #: conditioning strategy for the emotional / neutral pair: system, user, prefill
-    conditioning: str = "system"
+    #: conditioning strategy for the emotional / neutral pair: system, user, prefill (docs/ablation.md)
+    conditioning: str = "prefill"
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
@@ -119,8 +119,8 @@ class ExtractConfig(Common):
     limit: int | None = None
     #: emotions to extract
     emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
-    #: where vectors are read/added: residual, attn, mlp
-    site: str = "residual"
+    #: where vectors are read/added: attn (per-layer contributions, the default), residual, mlp
+    site: str = "attn"
     #: tokens averaged: response, prompt, all, last
     scope: str = "response"
     #: average over queries of per-query token means ('query', the paper's) or over all tokens ('token')

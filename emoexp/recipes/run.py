@@ -32,8 +32,9 @@ DEFAULT: dict[str, Any] = {
     "out_dir": "outputs/run",
     "batch_size": 16,
     "max_new_tokens": 40,
-    "extract": {"data": "emotionquery", "limit": 10},
-    "generate": {"data": "emotionquery_plus", "limit": 2, "alphas": [-1.0, 0.0, 1.0, 2.0, 4.0]},
+    "conditioning": "prefill",
+    "extract": {"data": "emotionquery", "limit": 10, "site": "attn", "scope": "response"},
+    "generate": {"data": "emotionquery_plus", "limit": 3, "alphas": [-1.0, 0.0, 1.0, 2.0, 4.0]},
     "evaluate": {"metrics": ["eps", "topic", "perplexity", "repetition"], "backend": "offline"},
 }
 
