@@ -26,7 +26,7 @@ def main() -> None:
             continue
         axes = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain",
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt"}]
-        df["point"] = df[axes].astype(str).agg(" ".join, axis=1) if axes else "base"
+        df["point"] = df[axes].astype(str).apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
         df["sweep"] = csv.parent.name
         frames.append(df)
     if not frames:
