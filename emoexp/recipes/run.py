@@ -33,8 +33,8 @@ DEFAULT: dict[str, Any] = {
     "batch_size": 16,
     "max_new_tokens": 40,
     "conditioning": "prefill",
-    "extract": {"data": "emotionquery", "limit": 10, "site": "attn", "scope": "response"},
-    "generate": {"data": "emotionquery_plus", "limit": 3, "alphas": [-1.0, 0.0, 1.0, 2.0, 4.0]},
+    "extract": {"data": "emotionquery", "limit": 16, "site": "attn", "scope": "response"},
+    "generate": {"data": "emotionquery_plus", "limit": 5, "alphas": [-1.0, 0.0, 1.0, 2.0, 4.0]},
     "evaluate": {"metrics": ["eps", "topic", "perplexity", "repetition"], "backend": "offline"},
 }
 
