@@ -100,6 +100,6 @@ def test_resume_refuses_a_different_config(extracted, tmp_path):
     out = tmp_path / "x.safetensors"
     work = out.with_name(out.name + ".work")
     work.mkdir()
-    (work / "config.json").write_text(json.dumps({"sha": "old", "fields": {"site": "attn"}}))
+    (work / "config.json").write_text(json.dumps({"sha": "old", "fields": {"site": "mlp"}}))
     proc = _emoexp(["extract", *COMMON, "--limit", "1", "--out", str(out)])
-    assert proc.returncode != 0 and "different config" in proc.stderr and "site: 'attn' -> 'residual'" in proc.stderr
+    assert proc.returncode != 0 and "different config" in proc.stderr and "site: 'mlp' -> 'attn'" in proc.stderr
