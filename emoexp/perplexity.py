@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class ReferenceLM:
         from .models import SMOLLM2, SMOLLM2_HUB_ID, load_model
 
         self.spec = spec
-        self.model, self.tokenizer = load_model(spec)
+        self.model, self.tokenizer = _LOADED.get(spec) or load_model(spec)
         self.model_id = SMOLLM2_HUB_ID if spec == SMOLLM2 else spec
         context = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(min(max_length or context, context))
@@ -89,12 +90,26 @@ class ReferenceLM:
             for row, i in enumerate(idx):  # right padding: positions are the same as unpadded
                 input_ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
                 mask[row, :len(seqs[i])] = 1
+            device = next(self.model.parameters()).device
+            input_ids, mask = input_ids.to(device), mask.to(device)
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
             m = mask[:, 1:].float()
             mean_nll = (nll * m).sum(1) / m.sum(1)
-            values[idx] = torch.exp(mean_nll).numpy()
+            values[idx] = torch.exp(mean_nll).cpu().numpy()
         return PerplexityResult(values, [len(x) - 1 for x in seqs], truncated)
+
+
+#: Models already in memory, by spec (the pipeline registers the model it studies, so
+#: perplexity under "the unsteered model being studied" does not load a second copy).
+_LOADED: dict[str, tuple[Any, Any]] = {}
+
+
+def register_loaded(spec: str, model: Any, tokenizer: Any) -> None:
+    """Let :class:`ReferenceLM` reuse an already loaded ``(model, tokenizer)`` for ``spec``
+    (on whatever device and dtype it is). Call it only while no steering context is open."""
+    _LOADED[spec] = (model, tokenizer)
+    get_reference_lm.cache_clear()
 
 
 @functools.lru_cache(maxsize=2)

@@ -86,9 +86,9 @@ def make_fabric(cfg: Any) -> Any:
     world = cfg.devices * cfg.num_nodes
     strategy: Any = "auto"
     if world > 1:
-        from lightning.fabric.strategies import DDPStrategy
-
         from datetime import timedelta
+
+        from lightning.fabric.strategies import DDPStrategy
 
         # Other ranks wait at the final barrier while rank 0 scores and logs: allow hours.
         strategy = DDPStrategy(process_group_backend="gloo" if acc == "cpu" else "nccl",

@@ -66,6 +66,8 @@ class _Positions:
     past_len: int = 0
     uncached: bool = False
     last_ids: torch.Tensor | None = None
+    _mask: torch.Tensor | None = None
+    _mask_key: tuple | None = None
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
@@ -93,9 +95,13 @@ class _Positions:
             self.last_ids = ids.detach() if ids is not None else None
 
     def mask(self, t: int, device: torch.device) -> torch.Tensor:
-        """[t] bool: which of this call's positions are at or after the last prompt token."""
-        absolute = torch.arange(self.past_len, self.past_len + t, device=device)
-        return absolute >= self.prompt_len - 1
+        """[t] bool: which of this call's positions are at or after the last prompt token
+        (computed once per forward call and device, not once per steered layer)."""
+        key = (self.prompt_len, self.past_len, t, device)
+        if self._mask is None or self._mask_key != key:
+            absolute = torch.arange(self.past_len, self.past_len + t, device=device)
+            self._mask, self._mask_key = absolute >= self.prompt_len - 1, key
+        return self._mask
 
 
 @dataclass

@@ -200,3 +200,20 @@ def test_nli_backend_rejects_a_model_without_entailment(tiny_nli, tmp_path):
     cfg.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="not an NLI model"):
         NLIZeroShot(str(tmp_path / "m"))
+
+
+def test_perplexity_reuses_a_registered_model_without_loading_a_second_copy():
+    """The pipeline registers the model it studies; the reference LM is then that very object."""
+    from emoexp.models import load_model
+    from emoexp.perplexity import _LOADED, get_reference_lm, register_loaded
+
+    model, tok = load_model("tiny-random-llama", seed=3)
+    fresh = get_reference_lm("tiny-random-llama").perplexity(["hello there friend"]).values[0]
+    try:
+        register_loaded("tiny-random-llama", model, tok)
+        lm = get_reference_lm("tiny-random-llama")
+        assert lm.model is model
+        assert lm.perplexity(["hello there friend"]).values[0] != fresh  # seed 3 weights, not seed 0
+    finally:
+        _LOADED.pop("tiny-random-llama", None)
+        get_reference_lm.cache_clear()

@@ -109,7 +109,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
         meta = {
             **describe(model, tok, cfg.model, cfg.revision),
             "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting,
-            "positions_hint": "all", "layers_path": cfg.layers_path,
+            "layers_path": cfg.layers_path,
             "conditioning": cond.describe(), "data": cfg.data, "data_fingerprint": dataset_fingerprint(queries),
             "limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size, "n_queries": n_queries, "split_half_cosine": stability,

@@ -55,11 +55,16 @@ def main(args: argparse.Namespace) -> int:
         values = _merge(values, load_yaml(args.config))
     values = _merge(values, explicit)
     if args.limit is not None:
-        values["extract"] = {**values.get("extract", {}), "limit": args.limit}
-        values["generate"] = {**values.get("generate", {}), "limit": max(1, args.limit // 4) if args.limit > 1 else 1}
+        values = shrink(values, args.limit)
     cfg = config_from_args(RunConfig, argparse.Namespace(**values))
     run(cfg, mlflow=not args.no_mlflow)
     return 0
+
+
+def shrink(values: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``--limit N``: N extraction queries per emotion, N // 4 (at least 1) evaluation queries per label."""
+    return {**values, "extract": {**values.get("extract", {}), "limit": limit},
+            "generate": {**values.get("generate", {}), "limit": max(1, limit // 4)}}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +127,9 @@ def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlf
     targets = [None if c == "unsteered" else (w if isinstance(w, dict) and len(w) > 1 else tgt)
                for c, tgt, w in zip(gens["condition"], gens["target"], gens["weights"])]
     ev = dict(cfg.evaluate)
+    from ..perplexity import register_loaded
+
+    register_loaded(cfg.model, model, tok)  # perplexity under the studied model: no second copy
     backend = {"preset": ev.get("backend") or "offline", "perplexity": cfg.model, "progress": True,
                **ev.get("backends", {})}
     scores = score(list(gens["response"]), queries=list(gens["query"]), targets=targets,

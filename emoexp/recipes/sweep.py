@@ -97,7 +97,7 @@ def expand(base: dict[str, Any], axes: list[tuple[str, list[Any]]], out_dir: str
 
 
 def main(args: argparse.Namespace) -> int:
-    from .run import DEFAULT, _merge, run
+    from .run import DEFAULT, _merge, run, shrink
 
     base = json.loads(json.dumps(DEFAULT))
     if args.config:
@@ -105,8 +105,7 @@ def main(args: argparse.Namespace) -> int:
     if args.experiment:
         base["experiment"] = args.experiment
     if args.limit is not None:
-        base["extract"] = {**base.get("extract", {}), "limit": args.limit}
-        base["generate"] = {**base.get("generate", {}), "limit": max(1, args.limit // 4)}
+        base = shrink(base, args.limit)
     axes = [_axis(g) for g in args.grid]
     points = expand(base, axes, args.out_dir, args.evs_dir)
     out = Path(args.out_dir)
