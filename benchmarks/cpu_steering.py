@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from emoexp import find_layers, steer
-from emoexp.capture import capture_groups, scope_mask
-from emoexp.datasets import load_queries
+from emoexp.datasets import EMOTIONS, load_queries
+from emoexp.extraction import extract_batch, extraction_items
 from emoexp.fold import fold_into_bias
-from emoexp.generation import capture_batch, left_pad
+from emoexp.generation import generate, left_pad
 from emoexp.models import load_model
-from emoexp.prompts import Conditioning, encode_prompts, generation_prompt
+from emoexp.prompts import Conditioning, encode_prompts, generation_prompt, render_prompt
 
 
 def _generate(model, tok, prompts, new_tokens: int) -> tuple[float, list[list[int]]]:
@@ -78,19 +78,27 @@ def main() -> None:
         rows.append((f"batch {batch}: steered (bias fold) tok/s", f"{med['fold']:.1f}"))
         rows.append((f"batch {batch}: steered ÷ unsteered (hooks / fold)",
                      f"{med['hooks'] / med['plain']:.3f} / {med['fold'] / med['plain']:.3f}"))
-    # 2. extraction (generate + one capture pass) vs generating the same responses
-    p16 = prompts[:16]
-    gen_t, cap_t = [], []
+    # 2. extraction (generate + capture) vs generating the same responses, batch 16, interleaved:
+    #    capture while decoding (the default) and one forward pass afterwards
+    eq = load_queries("emotionquery", limit=2, emotions=list(EMOTIONS))
+    items = extraction_items(eq, list(EMOTIONS))[:16]
+    ep = encode_prompts(tok, [render_prompt(tok, it.query.query, it.emotion if it.condition == "emotional" else None,
+                                            cond) for it in items])
+    times: dict[str, list[float]] = {"gen": [], "decode": [], "forward": []}
     for _ in range(args.repeats):
-        dt, resp = _generate(model, tok, p16, args.new_tokens)
-        gen_t.append(dt)
-        ids, mask, width = capture_batch(p16, resp, tok.pad_token_id)
-        t = time.perf_counter()
-        capture_groups(model, ids, mask, scope_mask(mask, width, "response"), torch.zeros(16, dtype=torch.long), 1,
-                       site="residual")
-        cap_t.append(time.perf_counter() - t)
-    g, c = statistics.median(gen_t), statistics.median(cap_t)
-    rows.append(("extraction ÷ generation (batch 16, capture pass included)", f"{(g + c) / g:.3f}"))
+        for mode in times:
+            t = time.perf_counter()
+            if mode == "gen":
+                generate(model, tok, ep, max_new_tokens=args.new_tokens)
+            else:
+                extract_batch(model, tok, items, ep, site="attn", scope="response", max_new_tokens=args.new_tokens,
+                              capture=mode)
+            times[mode].append(time.perf_counter() - t)
+    g = statistics.median(times["gen"])
+    rows.append(("extraction ÷ generation, capture while decoding (batch 16, attn, 30 layers)",
+                 f"{statistics.median(times['decode']) / g:.3f}"))
+    rows.append(("extraction ÷ generation, capture in a forward pass afterwards",
+                 f"{statistics.median(times['forward']) / g:.3f}"))
     # 3. throughput vs batch size
     base = None
     for batch in (1, 4, 16, 64):

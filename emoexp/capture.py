@@ -1,6 +1,9 @@
 """Capture per-layer activations over chosen token positions, as exact float64 sums.
 
-One forward pass with your own hooks (never ``output_hidden_states``, which may not show
+Two ways, the same sums: :func:`capture` runs one forward pass over ``prompt + response``
+with its own hooks; :class:`DecodeCapture` collects the same tokens while ``generate`` runs
+(prompt tokens in the prefill call, each response token when it is fed back), so extraction
+costs little more than generating. Own hooks, never ``output_hidden_states`` (never ``output_hidden_states``, which may not show
 hook edits in transformers 5.x). Padding is never counted. The result is a sum plus counts,
 so shards computed on different ranks add up exactly.
 
@@ -22,7 +25,8 @@ from torch import nn
 
 from .layers import find_layers, hidden_of, resolve_layers, site_module
 
-__all__ = ["SCOPES", "ActivationSums", "capture", "capture_groups", "forward_kwargs", "scope_mask"]
+__all__ = ["SCOPES", "ActivationSums", "DecodeCapture", "capture", "capture_groups", "forward_kwargs",
+           "scope_mask"]
 
 #: ``response``: tokens after the prompt; ``prompt``: the prompt's tokens; ``all``: both;
 #: ``last``: the last prompt token only (whose output predicts the first response token).
@@ -202,14 +206,20 @@ def capture_groups(
     finally:
         for h in hooks:
             h.remove()
+    return _grouped(captured, norms, per_row, groups, n_groups, len(blocks))
+
+
+def _grouped(captured: dict[int, torch.Tensor], norms: dict[int, torch.Tensor], per_row: torch.Tensor,
+             groups: torch.Tensor, n_groups: int, num_layers: int) -> list[ActivationSums]:
+    """Per-row sums [B, H] per layer -> one :class:`ActivationSums` per group of rows."""
     hidden = next(iter(captured.values())).shape[-1]
-    groups = groups.cpu()
+    groups, per_row = groups.cpu(), per_row.cpu()
     has = per_row > 0
     denom = per_row.clamp_min(1).double().unsqueeze(-1)
     outs = []
     for g in range(n_groups):
         sel = groups == g
-        out = ActivationSums.zeros(len(blocks), hidden)
+        out = ActivationSums.zeros(num_layers, hidden)
         for l, row_sum in captured.items():
             out.token_sum[l] = row_sum[sel].sum(0)
             out.row_mean_sum[l] = (row_sum / denom)[sel & has].sum(0)
@@ -218,3 +228,115 @@ def capture_groups(
         out.n_rows = int((sel & has).sum())
         outs.append(out)
     return outs
+
+
+class DecodeCapture:
+    """Sum the site's outputs over the scope's tokens while ``model.generate`` runs.
+
+    The first forward call (the prefill) holds the left-padded prompt; each later call feeds
+    back one generated token per row (the last position of the call). A response token is counted when it is fed back, up to
+    (not including) the row's first stop token, so padding and stop tokens after a row ends
+    are never counted. The last generated token is only fed back if generation runs one step
+    past it: call ``generate(..., max_new_tokens=n + 1)`` and keep ``n`` tokens (what
+    :func:`emoexp.generation.generate` does with ``feed_last=True``), and at most ``n``
+    response tokens per row are counted.
+
+    The sums equal :func:`capture` over ``prompt + response`` up to floating-point
+    reassociation (a KV-cached step and a full pass add in different orders).
+
+    Example:
+        >>> with DecodeCapture(model, prompt_mask, "response", stops=[2], max_response=40) as cap:  # doctest: +SKIP
+        ...     gens = generate(model, tok, prompts, max_new_tokens=40, feed_last=True)
+        >>> sums = cap.groups(groups, n_groups)                                                      # doctest: +SKIP
+
+    Args:
+        model: the causal LM ``generate`` will run.
+        prompt_mask: [B, P] attention mask of the left-padded prompts passed to ``generate``.
+        scope: one of :data:`SCOPES`.
+        stops: stop token ids (a fed-back stop token ends the row's counting).
+        max_response: count at most this many response tokens per row.
+        site, layers, layers_path: as in :func:`capture`.
+    """
+
+    def __init__(self, model: nn.Module, prompt_mask: torch.Tensor, scope: str, stops: Sequence[int], *,
+                 max_response: int, site: str = "residual", layers: Sequence[int] | None = None,
+                 layers_path: str | None = None):
+        self.model = model
+        self.blocks = find_layers(model, layers_path)
+        self.chosen = resolve_layers(layers, len(self.blocks))
+        self.prompt_mask = prompt_mask.bool()
+        self.scope, self.site, self.max_response = scope, site, max_response
+        self.prompt_weights = scope_mask(prompt_mask, prompt_mask.shape[1], scope)  # validates scope
+        self.count_response = scope in ("response", "all")
+        device = prompt_mask.device
+        self.stops = torch.tensor(sorted(set(stops)) or [-1], dtype=torch.long, device=device)
+        b = prompt_mask.shape[0]
+        self.alive = torch.ones(b, dtype=torch.bool, device=device)
+        self.per_row = torch.zeros(b, dtype=torch.long, device=device)
+        self.fed = 0  # response tokens fed back so far
+        self.calls = 0
+        self.weights: torch.Tensor | None = None  # [B, T] float64 for the current call, None = nothing to count
+        self.sums: dict[int, torch.Tensor] = {}
+        self.norms: dict[int, torch.Tensor] = {}
+        self._hooks: list = []
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise RuntimeError("DecodeCapture needs generate to pass input_ids (got inputs_embeds)")
+        self.calls += 1
+        if self.calls == 1:
+            if tuple(ids.shape) != tuple(self.prompt_mask.shape):
+                raise RuntimeError(f"DecodeCapture: the first call has shape {tuple(ids.shape)}, not the prompt's "
+                                   f"{tuple(self.prompt_mask.shape)} (chunked prefill is not supported)")
+            w = self.prompt_weights
+        else:
+            # One new token per row, last in the call (a model without a KV cache is re-fed the
+            # whole sequence; only its last position is new).
+            tok = ids[:, -1].to(self.alive.device)
+            self.alive &= ~torch.isin(tok, self.stops)
+            if self.fed >= self.max_response:
+                self.alive.zero_()
+            self.fed += 1
+            w = torch.zeros(ids.shape, dtype=torch.bool, device=self.alive.device)
+            if self.count_response:
+                w[:, -1] = self.alive
+        self.per_row += w.sum(1)
+        self.weights = w.double().unsqueeze(-1) if bool(w.any()) else None
+
+    def _hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if self.weights is None:
+                return
+            hd = hidden_of(output).double()
+            w = self.weights.to(hd.device)
+            s = (hd * w).sum(1)
+            n = (hd.norm(dim=-1) * w.squeeze(-1)).sum(1)
+            if layer in self.sums:
+                self.sums[layer] += s
+                self.norms[layer] += n
+            else:
+                self.sums[layer], self.norms[layer] = s, n
+
+        return hook
+
+    def __enter__(self) -> DecodeCapture:
+        self._hooks = [self.model.register_forward_pre_hook(self._pre, with_kwargs=True)]
+        self._hooks += [site_module(self.blocks[l], self.site).register_forward_hook(self._hook(l))
+                        for l in self.chosen]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def groups(self, groups: torch.Tensor, n_groups: int) -> list[ActivationSums]:
+        """The captured sums, one :class:`ActivationSums` per group of rows (``groups`` [B])."""
+        hidden = self.model.get_input_embeddings().weight.shape[-1]
+        b = self.prompt_mask.shape[0]
+        sums = {l: self.sums[l].cpu() if l in self.sums else torch.zeros(b, hidden, dtype=torch.float64)
+                for l in self.chosen}
+        norms = {l: self.norms[l].cpu() if l in self.norms else torch.zeros(b, dtype=torch.float64)
+                 for l in self.chosen}
+        return _grouped(sums, norms, self.per_row, groups, n_groups, len(self.blocks))

@@ -125,6 +125,8 @@ class ExtractConfig(Common):
     scope: str = "response"
     #: average over queries of per-query token means ('query', the paper's) or over all tokens ('token')
     weighting: str = "query"
+    #: capture activations while generating ('decode', fast) or in a forward pass afterwards ('forward')
+    capture: str = "decode"
     #: output safetensors file
     out: str = "outputs/evs.safetensors"
 
@@ -136,11 +138,17 @@ class ExtractConfig(Common):
             raise ConfigError(f"scope={self.scope!r}; valid: {', '.join(SCOPES)}")
         if self.weighting not in ("query", "token"):
             raise ConfigError(f"weighting={self.weighting!r}; valid: query, token")
+        if self.capture not in ("decode", "forward"):
+            raise ConfigError(f"capture={self.capture!r}; valid: decode, forward")
         bad = [e for e in self.emotions if e not in EMOTIONS]
         if bad or not self.emotions:
             raise ConfigError(f"emotions={self.emotions}; valid: {', '.join(EMOTIONS)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 or None, got {self.limit}")
+
+
+#: torch.compile modes accepted by GenerateConfig.compile
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -171,6 +179,11 @@ class GenerateConfig(Common):
     temperature: float = 0.6
     #: nucleus sampling top_p
     top_p: float = 0.9
+    #: fast path (GPU): static KV cache + torch.compile'd decoding in this torch.compile mode
+    #: (default, reduce-overhead = CUDA graphs, max-autotune), steering folded into biases; None = eager + hooks
+    compile: str | None = None
+    #: torch.compile backend for `compile` (inductor; eager for a quick check)
+    compile_backend: str = "inductor"
     #: output JSONL (one row per generation, dataset order)
     out: str = "outputs/generations.jsonl"
 
@@ -193,6 +206,12 @@ class GenerateConfig(Common):
             raise ConfigError(f"positions={self.positions!r}; valid: {', '.join(POSITIONS)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 or None, got {self.limit}")
+        if self.compile is not None:
+            if self.compile not in COMPILE_MODES:
+                raise ConfigError(f"compile={self.compile!r}; valid: {', '.join(COMPILE_MODES)} (or leave it unset)")
+            if self.positions != "all":
+                raise ConfigError("compile steers through output-projection biases, which act at every position: "
+                                  "it needs positions=all")
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Extraction of emotion vectors, one batch at a time (plain PyTorch, no Fabric).
 
 For each query of emotion ``e`` two responses are generated: one under the neutral
-instruction, one under the emotion-conditioned instruction. One extra forward pass over
-``prompt + response`` captures the site's activations over the token scope. Sums are kept
+instruction, one under the emotion-conditioned instruction. The site's activations over the
+token scope are summed while the responses are generated (``capture="decode"``, the default:
+prompt tokens in the prefill, each response token when it is fed back, one extra decoding
+step for the last) or, with ``capture="forward"``, in one extra forward pass over
+``prompt + response`` afterwards. The two agree up to floating-point reassociation. Sums are kept
 per (emotion, condition, half) where ``half`` is the query's position parity, so the EV and
 a split-half EV for stability come from the same pass.
 
@@ -21,11 +24,14 @@ from typing import Any
 
 import torch
 
-from .capture import ActivationSums, capture_groups, scope_mask
+from .capture import ActivationSums, DecodeCapture, capture_groups, scope_mask
 from .datasets import Query
-from .generation import capture_batch, generate
+from .generation import capture_batch, eos_ids, generate, left_pad
 
-__all__ = ["Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items", "vectors_from"]
+#: How activations are captured: while generating, or in a forward pass afterwards.
+CAPTURES = ("decode", "forward")
+
+__all__ = ["CAPTURES", "Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items", "vectors_from"]
 
 CONDITIONS = ("neutral", "emotional")
 
@@ -100,20 +106,30 @@ def extract_batch(
     max_new_tokens: int,
     layers_path: str | None = None,
     seed: int | None = None,
+    capture: str = "decode",
 ) -> tuple[dict[str, ActivationSums], list[dict[str, Any]]]:
     """Generate the batch's responses and capture their activations.
 
     Returns:
-        Sums per item key (one forward pass per key group) and one JSON-able row per item.
+        Sums per item key and one JSON-able row per item.
     """
-    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed)
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
-    token_mask = scope_mask(mask, width, scope)
     keys = sorted({it.key for it in items})
     groups = torch.tensor([keys.index(it.key) for it in items])
-    sums = capture_groups(model, ids, mask, token_mask, groups, len(keys), site=site, layers_path=layers_path)
+    if capture == "decode":
+        _, prompt_mask = left_pad(prompts, pad, device)
+        with DecodeCapture(model, prompt_mask, scope, eos_ids(model, tok), max_response=max_new_tokens, site=site,
+                           layers_path=layers_path) as cap:
+            gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, feed_last=True)
+        sums = cap.groups(groups, len(keys))
+    elif capture == "forward":
+        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed)
+        ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
+        sums = capture_groups(model, ids, mask, scope_mask(mask, width, scope), groups, len(keys), site=site,
+                              layers_path=layers_path)
+    else:
+        raise ValueError(f"unknown capture {capture!r}; valid: {', '.join(CAPTURES)}")
     out = dict(zip(keys, sums))
     rows_out = [
         {"id": it.query.id, "index": it.query.index, "emotion": it.emotion, "condition": it.condition,

@@ -28,7 +28,7 @@ from torch import nn
 from .layers import find_layers, resolve_layers, site_module
 from .steering import _hidden_size, _validate, steer
 
-__all__ = ["NotFoldable", "fold_into_bias", "output_projection"]
+__all__ = ["BiasSlots", "NotFoldable", "fold_into_bias", "output_projection"]
 
 
 class NotFoldable(RuntimeError):
@@ -51,6 +51,87 @@ def output_projection(block: nn.Module, site: str, hidden: int) -> nn.Module:
     if not found:
         raise NotFoldable(f"no linear layer writing {hidden} features in {type(owner).__name__}")
     return found[-1]
+
+
+class BiasSlots:
+    """Steering biases that stay installed, set in place.
+
+    Each chosen block's output projection keeps its bias object for the slots' lifetime (a
+    zero bias is added where there was none), and :meth:`set` writes ``original + direction``
+    into it in place. A model compiled after the slots were installed therefore sees every new
+    direction without recompiling, and CUDA graphs replay with the new values (their inputs'
+    addresses do not change).
+
+    Example:
+        >>> slots = BiasSlots(model, site="attn")                     # doctest: +SKIP
+        >>> slots.verify(direction)   # the fold equals the hook path here, or NotFoldable
+        >>> slots.set(2.0 * direction); model.generate(...)           # doctest: +SKIP
+        >>> slots.set(None); slots.remove()                           # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, *, site: str = "residual", layers: Sequence[int] | int | None = None,
+                 layers_path: str | None = None):
+        self.model, self.site, self.layers_path = model, site, layers_path
+        self.blocks = find_layers(model, layers_path)
+        self.hidden = _hidden_size(model) or model.get_input_embeddings().weight.shape[-1]
+        self.chosen = resolve_layers(layers, len(self.blocks))
+        self.projs = [output_projection(self.blocks[l], site, self.hidden) for l in self.chosen]
+        self._saved: list[torch.Tensor | None] = []
+        for proj in self.projs:
+            old = proj.bias
+            self._saved.append(None if old is None else old.detach().clone())
+            if old is None:
+                ref = proj.weight
+                proj.bias = nn.Parameter(torch.zeros(self.hidden, dtype=ref.dtype, device=ref.device),
+                                         requires_grad=False)
+
+    @torch.no_grad()
+    def set(self, directions: torch.Tensor | None) -> None:
+        """Write ``original bias + directions[l]`` (``None``: the original bias) in place."""
+        if directions is not None:
+            _validate(self.model, directions, self.blocks)
+        for l, proj, old in zip(self.chosen, self.projs, self._saved):
+            base = old.to(proj.bias.device) if old is not None else torch.zeros_like(proj.bias)
+            if directions is None:
+                proj.bias.copy_(base)
+            else:
+                proj.bias.copy_(base + directions[l].to(device=proj.bias.device, dtype=proj.bias.dtype))
+
+    @torch.no_grad()
+    def verify(self, directions: torch.Tensor) -> None:
+        """Check on a probe input that the fold of ``directions`` equals the hook path.
+
+        Raises:
+            NotFoldable: the logits differ (e.g. a norm after the MLP, as in Gemma 2); the
+                slots are left holding the original biases.
+        """
+        param = next(self.model.parameters())
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        probe = torch.arange(3, 3 + 6, device=param.device).remainder(vocab).unsqueeze(0)
+        self.set(None)
+        base = self.model(probe).logits.float()
+        with steer(self.model, directions, layers=self.chosen, site=self.site, layers_path=self.layers_path):
+            expected = self.model(probe).logits.float()
+        self.set(directions)
+        try:
+            got = self.model(probe).logits.float()
+        finally:
+            self.set(None)
+        err = float((got - expected).abs().max())
+        if param.dtype in (torch.float32, torch.float64):
+            ok = err <= 1e-4 * max(1.0, float(expected.abs().max()))
+        else:  # half precision: the two paths round differently; compare with the change steering makes
+            change = float((expected - base).abs().max())
+            ok = err <= max(0.1 * change, 16 * torch.finfo(param.dtype).eps * float(expected.abs().max()))
+        if not ok:
+            raise NotFoldable(
+                f"folding into {type(self.projs[0]).__name__} biases at site {self.site!r} differs from the hook path "
+                f"(max logit error {err:.2e}) for {type(self.blocks[0]).__name__}: use steer() for this model")
+
+    def remove(self) -> None:
+        """Put the original biases (or their absence) back, bit-exactly."""
+        for proj, old in zip(self.projs, self._saved):
+            proj.bias = None if old is None else nn.Parameter(old, requires_grad=False)
 
 
 @contextlib.contextmanager
@@ -77,39 +158,12 @@ def fold_into_bias(
         The projection modules whose biases were changed. Original biases (or their absence)
         are restored bit-exactly on exit.
     """
-    blocks = find_layers(model, layers_path)
-    _validate(model, directions, blocks)
-    hidden = _hidden_size(model) or directions.shape[1]
-    chosen = resolve_layers(layers, len(blocks))
-    projs = [output_projection(blocks[l], site, hidden) for l in chosen]
-    probe = None
-    if verify:
-        vocab = model.get_input_embeddings().weight.shape[0]
-        probe = torch.arange(3, 3 + 6, device=next(model.parameters()).device).remainder(vocab).unsqueeze(0)
-        with torch.no_grad(), steer(model, directions, layers=chosen, site=site, layers_path=layers_path):
-            expected = model(probe).logits
-    saved: list[tuple[nn.Module, torch.Tensor | None]] = []
+    _validate(model, directions, find_layers(model, layers_path))
+    slots = BiasSlots(model, site=site, layers=layers, layers_path=layers_path)
     try:
-        for l, proj in zip(chosen, projs):
-            old = proj.bias
-            saved.append((proj, None if old is None else old.detach().clone()))
-            ref = proj.weight
-            v = directions[l].to(device=ref.device, dtype=ref.dtype)
-            new = v.clone() if old is None else old.detach() + v
-            proj.bias = nn.Parameter(new, requires_grad=False)
-        if probe is not None:
-            with torch.no_grad():
-                got = model(probe).logits
-            err = float((got - expected).abs().max())
-            scale = float(expected.abs().max()) or 1.0
-            if err > 1e-4 * max(1.0, scale):
-                raise NotFoldable(
-                    f"folding into {type(projs[0]).__name__} biases at site {site!r} differs from the hook path "
-                    f"(max logit error {err:.2e}) for {type(blocks[0]).__name__}: use steer() for this model")
-        yield projs
+        if verify:
+            slots.verify(directions)
+        slots.set(directions)
+        yield slots.projs
     finally:
-        for proj, old in saved:
-            if old is None:
-                proj.bias = None
-            else:
-                proj.bias = nn.Parameter(old, requires_grad=False)
+        slots.remove()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Generated", "capture_batch", "eos_ids", "generate", "left_pad", "make_batches"]
+__all__ = ["Generated", "capture_batch", "compile_options", "eos_ids", "generate", "left_pad", "make_batches"]
 
 
 @dataclass
@@ -74,18 +74,29 @@ def generate(
     temperature: float = 0.6,
     top_p: float = 0.9,
     seed: int | None = None,
+    feed_last: bool = False,
+    compiled: dict[str, Any] | None = None,
 ) -> list[Generated]:
     """Generate one response per prompt (token ids), batched with left padding.
 
     Greedy by default; with ``do_sample`` the RNG is seeded with ``seed`` right before the
     call, so a batch's samples do not depend on what ran before it.
+
+    ``feed_last`` runs one decoding step more and drops its token, so the last kept token is
+    fed back through the model (what :class:`emoexp.capture.DecodeCapture` needs). The kept
+    tokens are the same as without it: each step's choice depends only on the tokens before.
+
+    ``compiled`` (from :func:`compile_options`) decodes with a static KV cache and a
+    ``torch.compile``'d step; without it transformers' auto-compile is switched off, so hooks
+    (steering, capture) always run.
     """
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad, device)
     stops = eos_ids(model, tok)
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens + int(feed_last), do_sample=do_sample, pad_token_id=pad,
                               eos_token_id=stops or None)
+    kw.update(compiled if compiled is not None else {"disable_compile": True})
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p)
         if seed is not None:
@@ -93,13 +104,29 @@ def generate(
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(input_ids=ids, attention_mask=mask, **kw)
-    new = out[:, ids.shape[1]:].tolist()
+    new = out[:, ids.shape[1]: ids.shape[1] + max_new_tokens].tolist()
     results = []
     for row in new:
         cut = next((i for i, t in enumerate(row) if t in stops), None)
         resp = row if cut is None else row[:cut]
         results.append(Generated(resp, tok.decode(resp, skip_special_tokens=True), cut is not None))
     return results
+
+
+def compile_options(mode: str | None = "reduce-overhead", backend: str = "inductor",
+                    device: Any = "cuda") -> dict[str, Any]:
+    """``generate`` options for a static KV cache and a compiled decoding step.
+
+    ``mode`` is torch.compile's (``default``, ``reduce-overhead`` = CUDA graphs,
+    ``max-autotune``); it is only passed to the inductor backend. On CPU, transformers does not
+    compile by itself; it is asked to explicitly (useful for tests, rarely faster).
+    """
+    from transformers import CompileConfig
+
+    cc = CompileConfig(backend=backend, mode=mode if backend == "inductor" else None)
+    if torch.device(device).type == "cpu":
+        cc._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": cc}
 
 
 def capture_batch(

@@ -154,6 +154,12 @@ def _refuse_compiled(model: nn.Module, blocks: list[nn.Module]) -> None:
             "silently ignored. Steer the eager model, or fold the vector in with "
             "emoexp.fold_into_bias() before compiling."
         )
+    if getattr(model, "_compiled_call", None) is not None:
+        raise RuntimeError(
+            "steer() cannot hook this model: generate() has compiled its decoding step (a static KV cache "
+            "triggers transformers' auto-compile), and hooks added after that are silently ignored there. "
+            "Pass disable_compile=True to generate() on a fresh model, or steer with emoexp.fold.BiasSlots."
+        )
 
 
 @contextlib.contextmanager

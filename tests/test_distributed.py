@@ -72,6 +72,28 @@ def test_generation_rows_identical_for_1_2_3_processes(extracted, tmp_path):
     assert zero and all(r["response"] == unsteered[r["id"]] for r in zero)
 
 
+def test_compiled_generation_equals_eager_hooks(extracted, tmp_path):
+    """The fast path (static cache, compiled decoding, biases rewritten in place per batch)
+    writes the same responses as eager hook steering, for every target and alpha."""
+    args = ["generate", *COMMON, "--data", "emotionquery_plus", "--limit", "1", "--targets", "joy,anger=1,joy=-1",
+            "--alphas=-2,0,3", "--vectors", str(extracted[1])]
+    eager, fast = tmp_path / "eager.jsonl", tmp_path / "fast.jsonl"
+    _ok(_emoexp([*args, "--out", str(eager)]))
+    _ok(_emoexp([*args, "--compile", "default", "--compile_backend", "eager", "--out", str(fast)]))
+    a = [json.loads(x) for x in eager.read_text().splitlines()]
+    b = [json.loads(x) for x in fast.read_text().splitlines()]
+    assert [(r["condition"], r["target"], r["alpha"], r["response"]) for r in a] == \
+        [(r["condition"], r["target"], r["alpha"], r["response"]) for r in b]
+    unsteered = {r["id"]: r["response"] for r in b if r["condition"] == "unsteered"}
+    moved = [r for r in b if r["condition"] == "steered" and r["alpha"] and r["response"] != unsteered[r["id"]]]
+    assert moved  # steering acts on the compiled path, it is not silently dropped
+    bad = _emoexp([*args, "--compile", "default", "--positions", "generated", "--out", str(tmp_path / "x.jsonl")])
+    assert bad.returncode == 2 and "positions=all" in bad.stderr
+    missing = _emoexp(["generate", *COMMON, "--targets", "fear", "--vectors", str(extracted[1]),
+                       "--out", str(tmp_path / "y.jsonl")])
+    assert missing.returncode == 2 and "unknown emotion 'fear'" in missing.stderr and "Loading" not in missing.stderr
+
+
 def test_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
     args = ["extract", *COMMON, "--data", "emotionquery", "--limit", "6", "--emotions", "joy,fear,sadness",
             "--devices", "2"]

@@ -91,6 +91,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
         sums, rows = extract_batch(
             model, tok, [items[i] for i in idx], [prompts[i] for i in idx], site=cfg.site, scope=cfg.scope,
             max_new_tokens=cfg.max_new_tokens, layers_path=cfg.layers_path, seed=cfg.seed + b,
+            capture=cfg.capture,
         )
         for key, s in sums.items():
             acc.add(key, s)
@@ -108,7 +109,7 @@ def _worker(fabric: Any, cfg: ExtractConfig, loaded: tuple[Any, Any] | None = No
                          for c in ("neutral", "emotional")} for e in cfg.emotions}
         meta = {
             **describe(model, tok, cfg.model, cfg.revision),
-            "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting,
+            "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting, "capture": cfg.capture,
             "layers_path": cfg.layers_path,
             "conditioning": cond.describe(), "data": cfg.data, "data_fingerprint": dataset_fingerprint(queries),
             "limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,

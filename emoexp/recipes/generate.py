@@ -8,6 +8,11 @@ batch; rank 0 merges them in grid and dataset order and checks there are no gaps
 Steered rows at alpha = 0 are the unsteered rows (a zero direction is bit-identical), reused
 rather than recomputed.
 
+With ``compile`` set (GPU), decoding uses a static KV cache and a ``torch.compile``'d step, and
+steering is folded into output-projection biases that are rewritten in place per batch
+(:class:`emoexp.fold.BiasSlots`), so one compiled graph serves every (target, alpha); the fold
+is checked against the hook path before the first batch. Doses are not recorded on this path.
+
 Example:
     emoexp generate --model smollm2 --vectors outputs/evs.safetensors --limit 4 --alphas=-1,0,1,2
 """
@@ -19,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import GenerateConfig, add_dataclass_arguments, config_from_args, fingerprint, parse_target
+from ..config import ConfigError, GenerateConfig, add_dataclass_arguments, config_from_args, fingerprint, parse_target
 
 __all__ = ["add_arguments", "generate", "grid", "main"]
 
@@ -56,8 +61,13 @@ def generate(cfg: GenerateConfig) -> Path:
     from ..workdir import WorkDir
 
     check_resources(cfg, outputs=[cfg.out])
-    if "steered" in cfg.conditions:
-        EmotionVectors.load(cfg.vectors)  # a missing or corrupt file fails before any model loads
+    if "steered" in cfg.conditions:  # a missing or corrupt file, or a target it lacks, fails before any model loads
+        evs = EmotionVectors.load(cfg.vectors)
+        for t in cfg.targets:
+            try:
+                evs.combine(parse_target(t))
+            except KeyError as err:
+                raise ConfigError(f"target {t!r}: {err.args[0]} in {cfg.vectors}") from None
     WorkDir(cfg.out).claim(fingerprint(cfg))
     fabric = make_fabric(cfg)
     fabric.launch(_launched, cfg)
@@ -69,8 +79,9 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     from tqdm.auto import tqdm
 
     from ..datasets import load_queries
+    from ..fold import BiasSlots
+    from ..generation import compile_options, make_batches
     from ..generation import generate as gen
-    from ..generation import make_batches
     from ..models import describe, load_model
     from ..prompts import Conditioning, encode_prompts, generation_prompt
     from ..runtime import Preemption, model_dtype, my_batches
@@ -117,6 +128,23 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         jobs.extend((e, c) for c in chunks)
     done = wd.done_batches()
     mine = my_batches(len(jobs), rank, world)
+
+    def direction_of(entry: dict[str, Any]) -> Any:
+        assert evs is not None
+        return (evs.at_dose(entry["weights"], entry["alpha"]) if cfg.alpha_unit == "dose"
+                else entry["alpha"] * evs.combine(entry["weights"]))
+
+    slots = opts = None
+    if cfg.compile is not None:  # fast path: steering lives in biases set in place; the compiled step never changes
+        slots = BiasSlots(model, site=site, layers=cfg.layers, layers_path=cfg.layers_path)
+        probe = next((en for en in entries if en["condition"] == "steered" and en["alpha"]), None)
+        if probe is not None:
+            try:
+                slots.verify(direction_of(probe))
+            except Exception:
+                slots.remove()
+                raise
+        opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
     bar = tqdm(total=len(mine), initial=sum(b in done for b in mine), disable=rank != 0,
                desc=f"generate ({world} proc)", unit="batch")
     for b in mine:
@@ -125,22 +153,27 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         e, idx = jobs[b]
         entry = entries[e]
         prompts = prompts_for(entry)
+        batch_prompts = [prompts[i] for i in idx]
         dose = None
-        if entry["condition"] == "steered":
-            assert evs is not None
-            direction = (evs.at_dose(entry["weights"], entry["alpha"]) if cfg.alpha_unit == "dose"
-                         else entry["alpha"] * evs.combine(entry["weights"]))
-            with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
+        if slots is not None:
+            slots.set(direction_of(entry) if entry["condition"] == "steered" else None)
+            outs = _gen(gen, model, tok, batch_prompts, cfg, b, opts)
+        elif entry["condition"] == "steered":
+            with steer(model, direction_of(entry), layers=cfg.layers, site=site, positions=cfg.positions,
                        layers_path=cfg.layers_path, record_dose=True) as s:
-                outs = _gen(gen, model, tok, [prompts[i] for i in idx], cfg, b)
+                outs = _gen(gen, model, tok, batch_prompts, cfg, b)
             doses = s.doses()
             dose = sum(doses.values()) / len(doses) if doses else None
         else:
-            outs = _gen(gen, model, tok, [prompts[i] for i in idx], cfg, b)
+            outs = _gen(gen, model, tok, batch_prompts, cfg, b)
         rows = [_row(b, e, entry, queries[i], o, site, cfg, info, dose) for i, o in zip(idx, outs)]
         wd.append_rows(rank, rows)
         bar.update(1)
         preempt.stop_if_asked(rank)
+    if slots is not None:
+        slots.remove()
+        # transformers keeps the compiled step on the model; drop it so later hooks (steer, capture) run again
+        model.__dict__.pop("_compiled_call", None)
     bar.close()
     if world > 1:
         fabric.barrier()
@@ -148,9 +181,10 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         _merge(wd, entries, queries, cfg)
 
 
-def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int) -> Any:
+def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int,
+         compiled: dict[str, Any] | None = None) -> Any:
     return gen(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch)
+               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch, compiled=compiled)
 
 
 def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateConfig, info: dict,

@@ -1,0 +1,122 @@
+"""Capture during decoding equals a forward pass over prompt + response, on every architecture.
+
+``DecodeCapture`` sums the site's outputs while ``generate`` runs (prompt in the prefill,
+each response token when it is fed back, one extra step for the last token, nothing after a
+stop token). Its sums must match :func:`emoexp.capture.capture_groups` over the finished
+sequences up to floating-point reassociation, with exactly the same token counts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emoexp.capture import DecodeCapture, capture_groups, scope_mask
+from emoexp.extraction import extract_batch, extraction_items
+from emoexp.generation import capture_batch, generate, left_pad
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [20, 21, 22, 23, 24], [30, 31]]
+GROUPS = torch.tensor([0, 1, 0, 1])
+NEW = 8
+
+
+class Tok:
+    """The two tokenizer attributes generation needs (ids in, ids out)."""
+
+    pad_token_id = 0
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def _with_stop(model) -> int:
+    """Make the 4th greedy token of row 0 a stop token, so some rows end early and others run out."""
+    model.generation_config.eos_token_id = None
+    free = generate(model, Tok(), PROMPTS, max_new_tokens=NEW)
+    stop = free[0].response_ids[3]
+    model.generation_config.eos_token_id = stop
+    return stop
+
+
+def _close(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("scope", ["response", "all"])
+def test_decode_capture_equals_forward_capture(tiny, scope):
+    stop = _with_stop(tiny)
+    _, prompt_mask = left_pad(PROMPTS, 0)
+    with DecodeCapture(tiny, prompt_mask, scope, [stop], max_response=NEW, site="attn") as cap:
+        gens = generate(tiny, Tok(), PROMPTS, max_new_tokens=NEW, feed_last=True)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.modules())
+    lengths = [len(g.response_ids) for g in gens]
+    assert any(g.finished for g in gens) and NEW in lengths  # both endings are exercised
+    ids, mask, width = capture_batch(PROMPTS, [g.response_ids for g in gens], 0)
+    ref = capture_groups(tiny, ids, mask, scope_mask(mask, width, scope), GROUPS, 2, site="attn")
+    got = cap.groups(GROUPS, 2)
+    for g, r in zip(got, ref):
+        assert g.n_rows == r.n_rows and torch.equal(g.n_tokens, r.n_tokens)
+        assert _close(g.row_mean_sum, r.row_mean_sum) <= 1e-4
+        assert _close(g.token_sum, r.token_sum) <= 1e-4
+        assert _close(g.norm_sum, r.norm_sum) <= 1e-4
+
+
+@pytest.mark.parametrize("scope", ["prompt", "last"])
+def test_prompt_scopes_are_read_in_the_prefill(scope):
+    from conftest import make_tiny
+
+    model = make_tiny("llama")
+    _, prompt_mask = left_pad(PROMPTS, 0)
+    with DecodeCapture(model, prompt_mask, scope, [], max_response=NEW, site="residual") as cap:
+        gens = generate(model, Tok(), PROMPTS, max_new_tokens=NEW, feed_last=True)
+    ids, mask, width = capture_batch(PROMPTS, [g.response_ids for g in gens], 0)
+    ref = capture_groups(model, ids, mask, scope_mask(mask, width, scope), GROUPS, 2, site="residual")
+    for g, r in zip(cap.groups(GROUPS, 2), ref):
+        assert torch.equal(g.n_tokens, r.n_tokens) and _close(g.token_sum, r.token_sum) <= 1e-5
+
+
+def test_last_token_needs_the_extra_step():
+    """Without ``feed_last`` the last token of a full-length row is never fed back, so the
+    counts fall short of the forward capture: the extra step is what makes them equal."""
+    from conftest import make_tiny
+
+    model = make_tiny("qwen2")
+    _, prompt_mask = left_pad(PROMPTS, 0)
+    with DecodeCapture(model, prompt_mask, "response", [], max_response=NEW, site="attn") as cap:
+        generate(model, Tok(), PROMPTS, max_new_tokens=NEW)
+    assert int(cap.groups(GROUPS, 2)[0].n_tokens[0]) == 2 * (NEW - 1)
+
+
+def test_feed_last_keeps_the_same_tokens_when_sampling():
+    from conftest import make_tiny
+
+    model = make_tiny("mistral")
+    a = generate(model, Tok(), PROMPTS, max_new_tokens=NEW, do_sample=True, seed=7)
+    b = generate(model, Tok(), PROMPTS, max_new_tokens=NEW, do_sample=True, seed=7, feed_last=True)
+    assert [x.response_ids for x in a] == [x.response_ids for x in b]
+    assert all(len(x.response_ids) == NEW for x in b)
+
+
+def test_extract_batch_decode_equals_forward():
+    from conftest import make_tiny
+
+    from emoexp.datasets import Query
+
+    model = make_tiny("llama")
+    _with_stop(model)
+    qs = [Query(id=f"q{i}", index=i, query=f"q{i}", emotion=e) for i, e in enumerate(["joy", "joy", "anger", "anger"])]
+    items = extraction_items(qs, ["joy", "anger"])
+    prompts = [PROMPTS[i % 4] + [40 + i] for i in range(len(items))]
+    out = {}
+    for mode in ("decode", "forward"):
+        out[mode] = extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW,
+                                  capture=mode)
+    sums_d, rows_d = out["decode"]
+    sums_f, rows_f = out["forward"]
+    assert rows_d == rows_f and sorted(sums_d) == sorted(sums_f)
+    for k in sums_f:
+        assert torch.equal(sums_d[k].n_tokens, sums_f[k].n_tokens) and sums_d[k].n_rows == sums_f[k].n_rows
+        assert _close(sums_d[k].row_mean_sum, sums_f[k].row_mean_sum) <= 1e-4
+    with pytest.raises(ValueError, match="valid: decode, forward"):
+        extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW, capture="x")
