@@ -294,3 +294,28 @@ def test_real_job_matches_single_process(tmp_path: Path) -> None:
     for e in a.emotions:
         diff = (a[e].double() - b[e].double()).norm() / b[e].double().norm().clamp_min(1e-30)
         assert diff <= 1e-6, f"{e}: relative difference {diff:.3g}"
+
+
+@pytest.mark.slow
+def test_wheel_carries_templates_data_and_metrics(tmp_path: Path) -> None:
+    """An installed wheel (no source tree beside it) finds its Slurm templates, bundled
+    queries and evaluate modules."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("emoexp-*.whl"))
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("from emoexp import slurm; from emoexp.datasets import load_queries; "
+            "d = slurm.template_dir(); print(d); print(sorted(p.name for p in d.glob('*.sbatch'))); "
+            "print(len(load_queries('emotionquery')))")
+    env = {k: v for k, v in os.environ.items() if k != "EMOEXP_SLURM_TEMPLATES"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    where, names, n = out.stdout.splitlines()[-3:]
+    assert where.startswith(str(site)) and names == str(sorted(slurm.TEMPLATES.values())) and int(n) == 500
+    assert any(n.startswith("emoexp/metrics/") for n in zipfile.ZipFile(wheel).namelist())
