@@ -4,7 +4,7 @@ Every comparison is measured in one run, interleaved (A, B, A, B, ...), and repo
 ratio of medians, because these machines are shared and noisy. Results are printed as a table
 and written, with the machine's description, to docs/benchmarks.md (section "CPU").
 
-Run:  .venv/bin/python benchmarks/cpu_steering.py [--repeats 3] [--new_tokens 32]
+Run:  .venv/bin/python benchmarks/cpu_steering.py [--repeats 5] [--new_tokens 32] [--compile]
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ import torch
 from emoexp import find_layers, steer
 from emoexp.datasets import EMOTIONS, load_queries
 from emoexp.extraction import extract_batch, extraction_items
-from emoexp.fold import fold_into_bias
-from emoexp.generation import generate, left_pad
+from emoexp.fold import BiasSlots, fold_into_bias
+from emoexp.generation import compile_options, generate, left_pad
 from emoexp.models import load_model
 from emoexp.prompts import Conditioning, encode_prompts, generation_prompt, render_prompt
 
 
-def _generate(model, tok, prompts, new_tokens: int) -> tuple[float, list[list[int]]]:
+def _generate(model, tok, prompts, new_tokens: int, extra: dict | None = None) -> tuple[float, list[list[int]]]:
     ids, mask = left_pad(prompts, tok.pad_token_id)
     t = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+                         do_sample=False, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None,
+                         **(extra or {"disable_compile": True}))
     dt = time.perf_counter() - t
     return dt, out[:, ids.shape[1]:].tolist()
 
@@ -41,6 +42,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new_tokens", type=int, default=32)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"))
+    ap.add_argument("--compile", action="store_true",
+                    help="also the fast path: static cache + inductor-compiled decoding, unsteered vs BiasSlots "
+                         "(two model copies, interleaved; ~3 min of compilation on 2 cores)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_model("smollm2")
@@ -107,13 +111,35 @@ def main() -> None:
                               for _ in range(max(1, args.repeats - 1)))
         base = base or v
         rows.append((f"throughput at batch {batch} (tok/s, × batch 1)", f"{v:.1f} ({v / base:.2f}×)"))
+    # 4. the fast path (emoexp generate --compile): two copies, one with steering biases, interleaved
+    if args.compile:
+        steered_model, _ = load_model("smollm2")
+        slots = BiasSlots(steered_model, site="attn")
+        slots.set(d)
+        opts = compile_options("default", "inductor", "cpu")
+        for m in (model, steered_model):
+            for batch in (1, 16):
+                _generate(m, tok, prompts[:batch], 4, opts)  # compile per shape
+        for batch in (1, 16):
+            fast: dict[str, list[float]] = {"eager": [], "compiled": [], "compiled steered": []}
+            for _ in range(args.repeats):
+                fast["eager"].append(batch * args.new_tokens / _generate(model, tok, prompts[:batch], args.new_tokens)[0])
+                for name, m in (("compiled", model), ("compiled steered", steered_model)):
+                    fast[name].append(batch * args.new_tokens / _generate(m, tok, prompts[:batch], args.new_tokens,
+                                                                          opts)[0])
+            med = {k: statistics.median(v) for k, v in fast.items()}
+            rows.append((f"batch {batch}: static cache + compiled (inductor, default) tok/s, × eager",
+                         f"{med['compiled']:.1f} ({med['compiled'] / med['eager']:.2f}×)"))
+            rows.append((f"batch {batch}: compiled steered (BiasSlots) ÷ compiled unsteered",
+                         f"{med['compiled steered'] / med['compiled']:.3f}"))
     table = "| measurement | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(table)
     section = (f"## CPU: SmolLM2-135M-Instruct (float32), {args.new_tokens} new tokens, greedy, "
                f"median of {args.repeats} interleaved repeats\n\nMachine: {machine}. Measured "
-               f"{time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/cpu_steering.py`.\n\n{table}\n")
+               f"{time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/cpu_steering.py"
+               f"{' --compile' if args.compile else ''} --repeats {args.repeats}`.\n\n{table}\n")
     out = Path(args.out)
     text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
     start = text.find("## CPU:")
