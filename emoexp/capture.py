@@ -3,8 +3,8 @@
 Two ways, the same sums: :func:`capture` runs one forward pass over ``prompt + response``
 with its own hooks; :class:`DecodeCapture` collects the same tokens while ``generate`` runs
 (prompt tokens in the prefill call, each response token when it is fed back), so extraction
-costs little more than generating. Own hooks, never ``output_hidden_states`` (never ``output_hidden_states``, which may not show
-hook edits in transformers 5.x). Padding is never counted. The result is a sum plus counts,
+costs little more than generating. Both read with their own hooks, never
+``output_hidden_states`` (which may not show hook edits in transformers 5.x). Padding is never counted. The result is a sum plus counts,
 so shards computed on different ranks add up exactly.
 
 Example:
@@ -234,9 +234,9 @@ class DecodeCapture:
     """Sum the site's outputs over the scope's tokens while ``model.generate`` runs.
 
     The first forward call (the prefill) holds the left-padded prompt; each later call feeds
-    back one generated token per row (the last position of the call). A response token is counted when it is fed back, up to
-    (not including) the row's first stop token, so padding and stop tokens after a row ends
-    are never counted. The last generated token is only fed back if generation runs one step
+    back one generated token per row (the last position of the call). A response token is
+    counted when it is fed back, up to (not including) the row's first stop token, so padding
+    and stop tokens after a row ends are never counted. The last generated token is only fed back if generation runs one step
     past it: call ``generate(..., max_new_tokens=n + 1)`` and keep ``n`` tokens (what
     :func:`emoexp.generation.generate` does with ``feed_last=True``), and at most ``n``
     response tokens per row are counted.

@@ -5,9 +5,9 @@ instruction, one under the emotion-conditioned instruction. The site's activatio
 token scope are summed while the responses are generated (``capture="decode"``, the default:
 prompt tokens in the prefill, each response token when it is fed back, one extra decoding
 step for the last) or, with ``capture="forward"``, in one extra forward pass over
-``prompt + response`` afterwards. The two agree up to floating-point reassociation. Sums are kept
-per (emotion, condition, half) where ``half`` is the query's position parity, so the EV and
-a split-half EV for stability come from the same pass.
+``prompt + response`` afterwards. The two agree up to floating-point reassociation. Sums are
+kept per (emotion, condition, half) where ``half`` is the query's position parity, so the EV
+and a split-half EV for stability come from the same pass.
 
     EV_e[l] = mean_q h_l(q, e-conditioned) - mean_q h_l(q, neutral)
 
@@ -31,7 +31,8 @@ from .generation import capture_batch, eos_ids, generate, left_pad
 #: How activations are captured: while generating, or in a forward pass afterwards.
 CAPTURES = ("decode", "forward")
 
-__all__ = ["CAPTURES", "Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items", "vectors_from"]
+__all__ = ["CAPTURES", "Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items",
+           "vectors_from"]
 
 CONDITIONS = ("neutral", "emotional")
 

@@ -53,3 +53,42 @@ def test_folded_model_steers_under_torch_compile():
     with pytest.raises(RuntimeError, match="torch.compile"):
         with steer(compiled, d):
             pass
+
+
+def test_bias_slots_rewrite_in_place_and_follow_every_direction():
+    """The slots keep the same bias tensors (what a compiled step or CUDA graph holds on to)
+    while their values follow each new direction exactly as the hook path would."""
+    from emoexp.fold import BiasSlots
+
+    model = make_tiny("qwen2")  # qwen2's o_proj has no bias: the slots add one
+    n, h = len(find_layers(model)), model.config.hidden_size
+    d = torch.randn(n, h, generator=torch.Generator().manual_seed(8))
+    ids = _ids()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    slots = BiasSlots(model, site="attn")
+    slots.verify(d)
+    held = [p.bias for p in slots.projs]
+    for scale in (1.0, -2.0, 0.0, 0.5):
+        slots.set(None)
+        with steer(model, scale * d, site="attn"):
+            expected = model(ids).logits
+        slots.set(scale * d)
+        assert all(p.bias is b for p, b in zip(slots.projs, held))
+        assert (model(ids).logits - expected).abs().max() <= 1e-4
+    slots.remove()
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_bias_slots_refuse_where_the_fold_is_not_exact():
+    from emoexp.fold import BiasSlots
+
+    model = make_tiny("gemma2")
+    n, h = len(find_layers(model)), model.config.hidden_size
+    slots = BiasSlots(model, site="residual")
+    with pytest.raises(NotFoldable, match="use steer"):
+        slots.verify(torch.randn(n, h, generator=torch.Generator().manual_seed(9)))
+    ids = _ids()
+    before = model(ids).logits  # after a refused verify the biases hold their original values
+    slots.remove()
+    assert torch.equal(model(ids).logits, before)

@@ -137,43 +137,42 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     slots = opts = None
     if cfg.compile is not None:  # fast path: steering lives in biases set in place; the compiled step never changes
         slots = BiasSlots(model, site=site, layers=cfg.layers, layers_path=cfg.layers_path)
-        probe = next((en for en in entries if en["condition"] == "steered" and en["alpha"]), None)
-        if probe is not None:
-            try:
-                slots.verify(direction_of(probe))
-            except Exception:
-                slots.remove()
-                raise
         opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
     bar = tqdm(total=len(mine), initial=sum(b in done for b in mine), disable=rank != 0,
                desc=f"generate ({world} proc)", unit="batch")
-    for b in mine:
-        if b in done:
-            continue
-        e, idx = jobs[b]
-        entry = entries[e]
-        prompts = prompts_for(entry)
-        batch_prompts = [prompts[i] for i in idx]
-        dose = None
+    try:
         if slots is not None:
-            slots.set(direction_of(entry) if entry["condition"] == "steered" else None)
-            outs = _gen(gen, model, tok, batch_prompts, cfg, b, opts)
-        elif entry["condition"] == "steered":
-            with steer(model, direction_of(entry), layers=cfg.layers, site=site, positions=cfg.positions,
-                       layers_path=cfg.layers_path, record_dose=True) as s:
+            probe = next((en for en in entries if en["condition"] == "steered" and en["alpha"]), None)
+            if probe is not None:
+                slots.verify(direction_of(probe))  # NotFoldable before any batch runs
+        for b in mine:
+            if b in done:
+                continue
+            e, idx = jobs[b]
+            entry = entries[e]
+            prompts = prompts_for(entry)
+            batch_prompts = [prompts[i] for i in idx]
+            dose = None
+            if slots is not None:
+                slots.set(direction_of(entry) if entry["condition"] == "steered" else None)
+                outs = _gen(gen, model, tok, batch_prompts, cfg, b, opts)
+            elif entry["condition"] == "steered":
+                with steer(model, direction_of(entry), layers=cfg.layers, site=site, positions=cfg.positions,
+                           layers_path=cfg.layers_path, record_dose=True) as s:
+                    outs = _gen(gen, model, tok, batch_prompts, cfg, b)
+                doses = s.doses()
+                dose = sum(doses.values()) / len(doses) if doses else None
+            else:
                 outs = _gen(gen, model, tok, batch_prompts, cfg, b)
-            doses = s.doses()
-            dose = sum(doses.values()) / len(doses) if doses else None
-        else:
-            outs = _gen(gen, model, tok, batch_prompts, cfg, b)
-        rows = [_row(b, e, entry, queries[i], o, site, cfg, info, dose) for i, o in zip(idx, outs)]
-        wd.append_rows(rank, rows)
-        bar.update(1)
-        preempt.stop_if_asked(rank)
-    if slots is not None:
-        slots.remove()
-        # transformers keeps the compiled step on the model; drop it so later hooks (steer, capture) run again
-        model.__dict__.pop("_compiled_call", None)
+            rows = [_row(b, e, entry, queries[i], o, site, cfg, info, dose) for i, o in zip(idx, outs)]
+            wd.append_rows(rank, rows)
+            bar.update(1)
+            preempt.stop_if_asked(rank)
+    finally:
+        if slots is not None:
+            slots.remove()
+            # transformers keeps the compiled step on the model; drop it so later hooks (steer, capture) run again
+            model.__dict__.pop("_compiled_call", None)
     bar.close()
     if world > 1:
         fabric.barrier()
