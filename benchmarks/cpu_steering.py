@@ -10,13 +10,11 @@ Run:  .venv/bin/python benchmarks/cpu_steering.py [--repeats 5] [--new_tokens 32
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from report import DOC, machine, write_section
 
 from emoexp import find_layers, steer
 from emoexp.datasets import EMOTIONS, load_queries
@@ -41,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new_tokens", type=int, default=32)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"))
+    ap.add_argument("--out", default=str(DOC))
     ap.add_argument("--compile", action="store_true",
                     help="also the fast path: static cache + inductor-compiled decoding, unsteered vs BiasSlots "
                          "(two model copies, interleaved; ~3 min of compilation on 2 cores)")
@@ -133,22 +131,12 @@ def main() -> None:
             rows.append((f"batch {batch}: compiled steered (BiasSlots) ÷ compiled unsteered",
                          f"{med['compiled steered'] / med['compiled']:.3f}"))
     table = "| measurement | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(table)
     section = (f"## CPU: SmolLM2-135M-Instruct (float32), {args.new_tokens} new tokens, greedy, "
-               f"median of {args.repeats} interleaved repeats\n\nMachine: {machine}. Measured "
+               f"median of {args.repeats} interleaved repeats\n\nMachine: {machine()}. Measured "
                f"{time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/cpu_steering.py"
                f"{' --compile' if args.compile else ''} --repeats {args.repeats}`.\n\n{table}\n")
-    out = Path(args.out)
-    text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
-    start = text.find("## CPU:")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    out.write_text(text)
+    write_section(args.out, "## CPU:", section)
 
 
 if __name__ == "__main__":

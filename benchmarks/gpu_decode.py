@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from report import write_section
 
 from emoexp import capture, find_layers, steer
 from emoexp.capture import DecodeCapture
@@ -186,18 +186,11 @@ def main() -> None:
     table = "| measurement | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     print(table)
     if args.out:
-        section = (f"## GPU: random Llama-3.1-8B shape, bf16, {args.new_tokens} new tokens, greedy, "
+        shape = "tiny random Llama on CPU (smoke)" if args.smoke else "random Llama-3.1-8B shape, bf16"
+        section = (f"## GPU: {shape}, {args.new_tokens} new tokens, greedy, "
                    f"median of {args.repeats}\n\nMeasured {time.strftime('%Y-%m-%d %H:%M')} with "
                    f"`python benchmarks/gpu_decode.py`.\n\n{table}\n")
-        out = Path(args.out)
-        text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
-        start = text.find("## GPU:")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip() + "\n\n" + section
-        out.write_text(text)
+        write_section(args.out, "## GPU:", section)
 
 
 if __name__ == "__main__":

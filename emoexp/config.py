@@ -179,6 +179,9 @@ class GenerateConfig(Common):
     temperature: float = 0.6
     #: nucleus sampling top_p
     top_p: float = 0.9
+    #: pool the grid's (entry, query) cells into shared batches, each row steered by its own
+    #: direction; false = one grid entry per batch (always so with `compile`)
+    pool_entries: bool = True
     #: fast path (GPU): static KV cache + torch.compile'd decoding in this torch.compile mode
     #: (default, reduce-overhead = CUDA graphs, max-autotune), steering folded into biases; None = eager + hooks
     compile: str | None = None

@@ -112,24 +112,53 @@ class Steering:
     site: str
     positions: str
     record_dose: bool = False
-    _dose_sum: dict[int, float] = field(default_factory=dict)
-    _dose_n: dict[int, int] = field(default_factory=dict)
+    _total: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: sum of dose over steered tokens
+    _count: dict[int, int] = field(default_factory=dict)  # per layer: steered tokens (all rows)
+    _rows: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [B] sums per row
+    _row_n: dict[int, int] = field(default_factory=dict)  # per layer: steered tokens per row
+    _rows_valid: bool = True  # False once calls of different batch sizes were seen
 
     def doses(self) -> dict[int, float]:
-        """Mean relative dose ‖α·EV_l‖ / ‖h_l‖ per steered layer (over steered tokens seen)."""
-        return {l: self._dose_sum[l] / self._dose_n[l] for l in self._dose_sum if self._dose_n[l]}
+        """Mean relative dose ‖d_l‖ / ‖h_l‖ per steered layer (over rows and steered tokens seen)."""
+        return {l: float(self._total[l]) / self._count[l] for l in self._total if self._count[l]}
+
+    def row_doses(self) -> list[float]:
+        """Mean relative dose per batch row (averaged over steered layers and tokens).
+
+        Raises:
+            RuntimeError: the context saw batches of different sizes (rows are not defined).
+        """
+        if not self._rows_valid:
+            raise RuntimeError("row doses need every call in the context to have the same batch size")
+        per_layer = [self._rows[l].double().cpu() / self._row_n[l] for l in self._rows if self._row_n[l]]
+        return torch.stack(per_layer).mean(0).tolist() if per_layer else []
+
+    def _record(self, layer: int, v: torch.Tensor, h: torch.Tensor) -> None:
+        """``v``: [H] or [B, 1, H]; ``h``: [B, T', H], the steered positions (no host sync)."""
+        ratio = v.float().norm(dim=-1, keepdim=v.dim() == 1) / h.float().norm(dim=-1).clamp_min(1e-12)  # [B, T']
+        ratio = ratio.expand(h.shape[:-1])
+        self._total[layer] = self._total.get(layer, 0) + ratio.sum()
+        self._count[layer] = self._count.get(layer, 0) + ratio.numel()
+        row = ratio.sum(-1)
+        prev = self._rows.get(layer)
+        if prev is not None and prev.shape != row.shape:
+            self._rows_valid = False
+        if self._rows_valid:
+            self._rows[layer] = row if prev is None else prev + row
+            self._row_n[layer] = self._row_n.get(layer, 0) + int(ratio.shape[-1])
 
 
-def _validate(model: nn.Module, directions: torch.Tensor, blocks: list[nn.Module]) -> None:
+def _validate(model: nn.Module, directions: torch.Tensor, blocks: list[nn.Module], per_row: bool = False) -> None:
+    shape = "[batch, num_layers, hidden_size]" if per_row else "[num_layers, hidden_size]"
     if not isinstance(directions, torch.Tensor):
-        raise TypeError(f"directions must be a torch.Tensor [num_layers, hidden_size], got {type(directions).__name__}")
-    if directions.dim() != 2:
-        raise ValueError(f"directions must be 2-D [num_layers, hidden_size], got shape {tuple(directions.shape)}")
+        raise TypeError(f"directions must be a torch.Tensor {shape}, got {type(directions).__name__}")
+    if directions.dim() != (3 if per_row else 2):
+        raise ValueError(f"directions must be {shape}, got shape {tuple(directions.shape)}")
     hidden = _hidden_size(model)
-    if directions.shape[0] != len(blocks):
-        raise ValueError(f"directions have {directions.shape[0]} layers but the model has {len(blocks)}")
-    if hidden is not None and directions.shape[1] != hidden:
-        raise ValueError(f"directions have hidden size {directions.shape[1]} but the model's hidden size is {hidden}")
+    if directions.shape[-2] != len(blocks):
+        raise ValueError(f"directions have {directions.shape[-2]} layers but the model has {len(blocks)}")
+    if hidden is not None and directions.shape[-1] != hidden:
+        raise ValueError(f"directions have hidden size {directions.shape[-1]} but the model's hidden size is {hidden}")
     check_finite(directions, "directions")
 
 
@@ -172,18 +201,24 @@ def steer(
     positions: str = "all",
     layers_path: str | None = None,
     record_dose: bool = False,
+    per_row: bool = False,
 ) -> Iterator[Steering]:
     """Add ``directions[l]`` to the output of ``site`` in each chosen decoder block ``l``.
 
     Args:
         model: a causal LM (eager, not ``torch.compile``'d).
         directions: [num_layers, hidden_size]; row ``l`` is added at layer ``l``. Scale it
-            yourself (``alpha * evs.combine(...)``).
+            yourself (``alpha * evs.combine(...)``). With ``per_row``: [batch, num_layers,
+            hidden_size], one direction per batch row (zeros leave a row bit-identical), so
+            one batch can hold many targets and alphas.
         layers: indices to steer (``None`` = all; negative counts from the end).
         site: ``residual`` (block output), ``attn`` (attention output) or ``mlp``.
         positions: ``all`` or ``generated`` (last prompt token and every generated one).
         layers_path: dotted path of the block list, overriding discovery.
-        record_dose: record ‖directions[l]‖ / ‖h_l‖ per layer, read with ``.doses()``.
+        record_dose: record ‖directions[l]‖ / ‖h_l‖, read with ``.doses()`` (per layer) or
+            ``.row_doses()`` (per batch row).
+        per_row: ``directions`` has a leading batch dimension; every forward call must then
+            have that many rows.
 
     Yields:
         A :class:`Steering` handle. Contexts nest and add up; hooks are removed on exit,
@@ -199,9 +234,10 @@ def steer(
         raise ValueError(f"unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
     blocks = find_layers(model, layers_path)
     _refuse_compiled(model, blocks)
-    _validate(model, directions, blocks)
+    _validate(model, directions, blocks, per_row)
     chosen = resolve_layers(layers, len(blocks))
     modules = [site_module(blocks[l], site) for l in chosen]
+    rows = directions.shape[0] if per_row else None
     handle = Steering(layers=chosen, site=site, positions=positions, record_dose=record_dose)
     tracker = _Positions()
     cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -215,7 +251,13 @@ def steer(
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: object) -> object:
             h = hidden_of(output)
-            v = vector(h)[layer]
+            if rows is None:
+                v = vector(h)[layer]  # [H]
+            else:
+                if h.shape[0] != rows:
+                    raise RuntimeError(f"steer(per_row=True) holds directions for {rows} rows but a forward call "
+                                       f"has {h.shape[0]}")
+                v = vector(h)[:, layer].unsqueeze(-2)  # [B, 1, H]
             if positions == "all":
                 mask = None
             else:
@@ -223,10 +265,7 @@ def steer(
                 if not bool(mask.any()):
                     return None
             if record_dose:
-                hs = h if mask is None else h[..., mask, :]
-                hn = hs.float().norm(dim=-1)
-                handle._dose_sum[layer] = handle._dose_sum.get(layer, 0.0) + float((v.float().norm() / hn.clamp_min(1e-12)).sum())
-                handle._dose_n[layer] = handle._dose_n.get(layer, 0) + hn.numel()
+                handle._record(layer, v, h if mask is None else h[..., mask, :])
             if mask is None:
                 new = h + v
             else:

@@ -2,9 +2,11 @@
 
 The grid is: one ``unsteered`` pass, one ``prompt`` baseline pass per single-emotion target
 (the emotional instruction in the prompt, no steering), and one ``steered`` pass per
-(target, alpha). Batches (left-padded, length-sorted) are formed per grid entry, numbered
-globally and dealt to ranks; each rank appends its rows to its own JSONL shard, flushed per
-batch; rank 0 merges them in grid and dataset order and checks there are no gaps.
+(target, alpha). Batches (left-padded, length-sorted) pool the (entry, query) cells of all
+entries, each row steered by its own direction (``steer(per_row=True)``), so batches are full
+however short the query list; they are numbered globally and dealt to ranks; each rank appends
+its rows to its own JSONL shard, flushed per batch; rank 0 merges them in grid and dataset
+order and checks there are no gaps.
 Steered rows at alpha = 0 are the unsteered rows (a zero direction is bit-identical), reused
 rather than recomputed.
 
@@ -80,7 +82,7 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
 
     from ..datasets import load_queries
     from ..fold import BiasSlots
-    from ..generation import compile_options, make_batches
+    from ..generation import compile_options
     from ..generation import generate as gen
     from ..models import describe, load_model
     from ..prompts import Conditioning, encode_prompts, generation_prompt
@@ -105,7 +107,6 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     cond = Conditioning(strategy=cfg.conditioning)
     entries = grid(cfg)
 
-    # Global batches: per entry, the same length-sorted chunks of the query list.
     prompt_cache: dict[tuple[str, str | None], list[list[int]]] = {}
 
     def prompts_for(entry: dict[str, Any]) -> list[list[int]]:
@@ -117,15 +118,7 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
             prompt_cache[key] = encode_prompts(tok, texts)
         return prompt_cache[key]
 
-    plain = prompts_for({"condition": "unsteered", "target": None})
-    plain_batches = make_batches([len(p) for p in plain], cfg.batch_size)
-    jobs: list[tuple[int, list[int]]] = []  # (entry index, query indices), numbered globally
-    for e, entry in enumerate(entries):
-        if entry["condition"] == "steered" and entry["alpha"] == 0.0 and "unsteered" in cfg.conditions:
-            continue  # reused from the unsteered rows at merge time
-        chunks = plain_batches if entry["condition"] != "prompt" else make_batches(
-            [len(p) for p in prompts_for(entry)], cfg.batch_size)
-        jobs.extend((e, c) for c in chunks)
+    jobs = _jobs(entries, len(queries), prompts_for, cfg)
     done = wd.done_batches()
     mine = my_batches(len(jobs), rank, world)
 
@@ -148,23 +141,24 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         for b in mine:
             if b in done:
                 continue
-            e, idx = jobs[b]
-            entry = entries[e]
-            prompts = prompts_for(entry)
-            batch_prompts = [prompts[i] for i in idx]
-            dose = None
-            if slots is not None:
-                slots.set(direction_of(entry) if entry["condition"] == "steered" else None)
+            cells = jobs[b]
+            batch_prompts = [prompts_for(entries[e])[i] for e, i in cells]
+            steered = [entries[e]["condition"] == "steered" for e, _ in cells]
+            doses: list[float | None] = [None] * len(cells)
+            if slots is not None:  # one entry per batch on this path
+                entry = entries[cells[0][0]]
+                slots.set(direction_of(entry) if steered[0] else None)
                 outs = _gen(gen, model, tok, batch_prompts, cfg, b, opts)
-            elif entry["condition"] == "steered":
-                with steer(model, direction_of(entry), layers=cfg.layers, site=site, positions=cfg.positions,
-                           layers_path=cfg.layers_path, record_dose=True) as s:
+            elif any(steered):
+                direction, per_row = _directions(cells, entries, direction_of)
+                with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
+                           layers_path=cfg.layers_path, record_dose=True, per_row=per_row) as s:
                     outs = _gen(gen, model, tok, batch_prompts, cfg, b)
-                doses = s.doses()
-                dose = sum(doses.values()) / len(doses) if doses else None
+                doses = [d if st else None for d, st in zip(s.row_doses(), steered)]
             else:
                 outs = _gen(gen, model, tok, batch_prompts, cfg, b)
-            rows = [_row(b, e, entry, queries[i], o, site, cfg, info, dose) for i, o in zip(idx, outs)]
+            rows = [_row(b, e, entries[e], queries[i], o, site, cfg, info, d)
+                    for (e, i), o, d in zip(cells, outs, doses)]
             wd.append_rows(rank, rows)
             bar.update(1)
             preempt.stop_if_asked(rank)
@@ -178,6 +172,43 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         fabric.barrier()
     if rank == 0:
         _merge(wd, entries, queries, cfg)
+
+
+def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,
+          cfg: GenerateConfig) -> list[list[tuple[int, int]]]:
+    """Global batches of (entry index, query index) cells, numbered the same on every rank.
+
+    Eager steering gives each row its own direction, so cells of all entries are pooled and
+    cut into length-sorted batches of ``batch_size`` (full batches even when the query list is
+    short). The compiled path steers through shared biases: one entry per batch there, as
+    with ``pool_entries=False``.
+    """
+    from ..generation import make_batches
+
+    todo = [e for e, en in enumerate(entries)
+            if not (en["condition"] == "steered" and en["alpha"] == 0.0 and "unsteered" in cfg.conditions)]
+    if cfg.pool_entries and cfg.compile is None:
+        cells = [(e, i) for e in todo for i in range(n_queries)]
+        chunks = make_batches([len(prompts_for(entries[e])[i]) for e, i in cells], cfg.batch_size)
+        return [[cells[k] for k in chunk] for chunk in chunks]
+    jobs = []
+    for e in todo:
+        lengths = [len(p) for p in prompts_for(entries[e])]
+        jobs.extend([(e, i) for i in chunk] for chunk in make_batches(lengths, cfg.batch_size))
+    return jobs
+
+
+def _directions(cells: list[tuple[int, int]], entries: list[dict[str, Any]], direction_of: Any) -> tuple[Any, bool]:
+    """The batch's steering: one shared direction if every row has the same entry, else one
+    direction per row (zeros for unsteered and prompt-baseline rows)."""
+    import torch
+
+    used = {e for e, _ in cells}
+    if len(used) == 1:
+        return direction_of(entries[next(iter(used))]), False
+    dirs = {e: direction_of(entries[e]) for e in used if entries[e]["condition"] == "steered"}
+    zero = torch.zeros_like(next(iter(dirs.values())))
+    return torch.stack([dirs.get(e, zero) for e, _ in cells]), True
 
 
 def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int,
