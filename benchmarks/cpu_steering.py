@@ -121,7 +121,8 @@ def main() -> None:
         for batch in (1, 16):
             fast: dict[str, list[float]] = {"eager": [], "compiled": [], "compiled steered": []}
             for _ in range(args.repeats):
-                fast["eager"].append(batch * args.new_tokens / _generate(model, tok, prompts[:batch], args.new_tokens)[0])
+                eager_s = _generate(model, tok, prompts[:batch], args.new_tokens)[0]
+                fast["eager"].append(batch * args.new_tokens / eager_s)
                 for name, m in (("compiled", model), ("compiled steered", steered_model)):
                     fast[name].append(batch * args.new_tokens / _generate(m, tok, prompts[:batch], args.new_tokens,
                                                                           opts)[0])

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from report import write_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without emoexp installed (GPU machine)
 
 from emoexp import capture, find_layers, steer
 from emoexp.capture import DecodeCapture
@@ -111,7 +115,8 @@ def main() -> None:
     roof = _bandwidth(name) / weight_bytes
     n, h = len(find_layers(model)), model.config.hidden_size
     d = torch.randn(n, h, generator=torch.Generator().manual_seed(1)) * 0.5
-    rows = [("device", name), ("torch / transformers", f"{torch.__version__} / {__import__('transformers').__version__}"),
+    versions = f"{torch.__version__} / {__import__('transformers').__version__}"
+    rows = [("device", name), ("torch / transformers", versions),
             ("weights (GB)", f"{weight_bytes / 1e9:.2f}"), ("HBM roofline, batch 1 (tok/s)", f"{roof:.0f}")]
     pct = (lambda v: f" ({v / roof:.0%} of roofline)") if device == "cuda" else (lambda v: "")
 
@@ -161,7 +166,8 @@ def main() -> None:
         for batch in (1, 32):
             row(f"compile {mode}, batch {batch}, unsteered (tok/s)", plain[batch], batch)
             row(f"compile {mode}, batch {batch}, steered, BiasSlots (tok/s)", steered[batch], batch)
-            rows.append((f"compile {mode}, batch {batch}: steering overhead", f"{1 - steered[batch] / plain[batch]:.1%}"))
+            overhead = 1 - steered[batch] / plain[batch]
+            rows.append((f"compile {mode}, batch {batch}: steering overhead", f"{overhead:.1%}"))
         rows.append((f"compile {mode}: max |Δ score| +d vs unsteered / −d vs +d", f"{moved:.3g} / {flipped:.3g}"))
         print("\n".join(f"{a}: {b}" for a, b in rows[-8:]), flush=True)
     # 3. capture cost

@@ -4,8 +4,9 @@ Two ways, the same sums: :func:`capture` runs one forward pass over ``prompt + r
 with its own hooks; :class:`DecodeCapture` collects the same tokens while ``generate`` runs
 (prompt tokens in the prefill call, each response token when it is fed back), so extraction
 costs little more than generating. Both read with their own hooks, never
-``output_hidden_states`` (which may not show hook edits in transformers 5.x). Padding is never counted. The result is a sum plus counts,
-so shards computed on different ranks add up exactly.
+``output_hidden_states`` (which may not show hook edits in transformers 5.x). Padding is
+never counted. The result is a sum plus counts, so shards computed on different ranks add up
+exactly.
 
 Example:
     >>> mask = scope_mask(batch["attention_mask"], prompt_width=12, scope="response")  # doctest: +SKIP
@@ -236,10 +237,10 @@ class DecodeCapture:
     The first forward call (the prefill) holds the left-padded prompt; each later call feeds
     back one generated token per row (the last position of the call). A response token is
     counted when it is fed back, up to (not including) the row's first stop token, so padding
-    and stop tokens after a row ends are never counted. The last generated token is only fed back if generation runs one step
-    past it: call ``generate(..., max_new_tokens=n + 1)`` and keep ``n`` tokens (what
-    :func:`emoexp.generation.generate` does with ``feed_last=True``), and at most ``n``
-    response tokens per row are counted.
+    and stop tokens after a row ends are never counted. The last generated token is only fed
+    back if generation runs one step past it: call ``generate(..., max_new_tokens=n + 1)`` and
+    keep ``n`` tokens (what :func:`emoexp.generation.generate` does with ``feed_last=True``),
+    and at most ``n`` response tokens per row are counted.
 
     The sums equal :func:`capture` over ``prompt + response`` up to floating-point
     reassociation (a KV-cached step and a full pass add in different orders).
