@@ -118,6 +118,30 @@ def test_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
     assert clean.with_suffix(".responses.jsonl").read_text() == killed.with_suffix(".responses.jsonl").read_text()
 
 
+def test_generation_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
+    """Pooled batches (many grid entries per batch, one direction per row) resume after a
+    kill -9 mid-run: the rerun redoes only missing batches and writes what a clean run writes."""
+    args = ["generate", *COMMON, "--data", "emotionquery_plus", "--limit", "2", "--targets", "joy,anger",
+            "--alphas=-1,0,1,2,3", "--batch_size", "3", "--vectors", str(extracted[1]), "--devices", "2"]
+    clean = tmp_path / "clean.jsonl"
+    _ok(_emoexp([*args, "--out", str(clean)]))
+    killed = tmp_path / "killed.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "emoexp", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = killed.with_name(killed.name + ".work")
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(len(f.read_text().splitlines()) for f in work.glob("rank*.jsonl")) < 6:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "the run finished before it could be killed"
+    written = sum(len(f.read_text().splitlines()) for f in work.glob("rank*.jsonl"))
+    assert written >= 6
+    _ok(_emoexp([*args, "--out", str(killed)]))
+    assert killed.read_text() == clean.read_text()
+
+
 def test_resume_refuses_a_different_config(extracted, tmp_path):
     out = tmp_path / "x.safetensors"
     work = out.with_name(out.name + ".work")
