@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import find_layers, hidden_of, resolve_layers, site_module
+from .layers import as_tokens, find_layers, hidden_of, resolve_layers, site_module
 
 __all__ = ["SCOPES", "ActivationSums", "DecodeCapture", "capture", "capture_groups", "forward_kwargs",
            "scope_mask"]
@@ -190,7 +190,7 @@ def capture_groups(
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            h = hidden_of(output)
+            h = as_tokens(hidden_of(output), *weights.shape[:2])
             hd = h.double()
             w = weights.to(h.device)
             captured[layer] = (hd * w).sum(1).cpu()  # [B, H]
@@ -309,7 +309,7 @@ class DecodeCapture:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self.weights is None:
                 return
-            hd = hidden_of(output).double()
+            hd = as_tokens(hidden_of(output), *self.weights.shape[:2]).double()
             w = self.weights.to(hd.device)
             s = (hd * w).sum(1)
             n = (hd.norm(dim=-1) * w.squeeze(-1)).sum(1)
@@ -334,7 +334,12 @@ class DecodeCapture:
 
     def groups(self, groups: torch.Tensor, n_groups: int) -> list[ActivationSums]:
         """The captured sums, one :class:`ActivationSums` per group of rows (``groups`` [B])."""
-        hidden = self.model.get_input_embeddings().weight.shape[-1]
+        if self.sums:
+            hidden = next(iter(self.sums.values())).shape[-1]
+        else:  # nothing was counted (every response empty): zeros of the site's width
+            from .steering import _hidden_size
+
+            hidden = _hidden_size(self.model) or self.model.get_input_embeddings().weight.shape[-1]
         b = self.prompt_mask.shape[0]
         sums = {l: self.sums[l].cpu() if l in self.sums else torch.zeros(b, hidden, dtype=torch.float64)
                 for l in self.chosen}

@@ -118,6 +118,8 @@ def extract_batch(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     keys = sorted({it.key for it in items})
     groups = torch.tensor([keys.index(it.key) for it in items])
+    if capture == "decode" and getattr(model.generation_config, "forced_eos_token_id", None) is not None:
+        capture = "forward"  # a forced stop token at the limit would move with feed_last; the forward pass is exact
     if capture == "decode":
         _, prompt_mask = left_pad(prompts, pad, device)
         with DecodeCapture(model, prompt_mask, scope, eos_ids(model, tok), max_response=max_new_tokens, site=site,

@@ -56,8 +56,8 @@ def output_projection(block: nn.Module, site: str, hidden: int) -> nn.Module:
 class BiasSlots:
     """Steering biases that stay installed, set in place.
 
-    Each chosen block's output projection keeps its bias object for the slots' lifetime (a
-    zero bias is added where there was none), and :meth:`set` writes ``original + direction``
+    Each chosen block's output projection keeps its own bias tensor (a zero bias is added where
+    there was none), and :meth:`set` writes ``original + direction``
     into it in place. A model compiled after the slots were installed therefore sees every new
     direction without recompiling, and CUDA graphs replay with the new values (their inputs'
     addresses do not change).
@@ -128,10 +128,15 @@ class BiasSlots:
                 f"folding into {type(self.projs[0]).__name__} biases at site {self.site!r} differs from the hook path "
                 f"(max logit error {err:.2e}) for {type(self.blocks[0]).__name__}: use steer() for this model")
 
+    @torch.no_grad()
     def remove(self) -> None:
-        """Put the original biases (or their absence) back, bit-exactly."""
+        """Put the original biases back, bit-exactly and into the same tensors (optimizers and
+        other references keep working); biases the slots added are removed."""
         for proj, old in zip(self.projs, self._saved):
-            proj.bias = None if old is None else nn.Parameter(old, requires_grad=False)
+            if old is None:
+                proj.bias = None
+            else:
+                proj.bias.copy_(old.to(proj.bias.device))
 
 
 @contextlib.contextmanager

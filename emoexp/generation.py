@@ -90,6 +90,9 @@ def generate(
     ``torch.compile``'d step; without it transformers' auto-compile is switched off, so hooks
     (steering, capture) always run.
     """
+    if feed_last and getattr(model.generation_config, "forced_eos_token_id", None) is not None:
+        raise ValueError("feed_last would move this model's forced stop token (generation_config.forced_eos_token_id) "
+                         "one step later; capture with a forward pass instead (capture='forward')")
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad, device)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["SITES", "LayerDiscoveryError", "find_layers", "hidden_of", "layer_path", "replace_hidden",
-           "resolve_layers", "site_module"]
+__all__ = ["SITES", "LayerDiscoveryError", "as_tokens", "call_shape", "find_layers", "hidden_of", "layer_path",
+           "replace_hidden", "resolve_layers", "site_module"]
 
 #: Where a vector can be read or added: the block output, the attention output, the MLP output.
 SITES = ("residual", "attn", "mlp")
@@ -181,6 +181,30 @@ def hidden_of(output: object) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(output).__name__}")
+
+
+def as_tokens(h: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """``h`` as [batch, length, hidden]. Some sites flatten the tokens (OPT's ``fc2`` returns
+    [batch * length, hidden]); reading position ``t`` of such an output as row ``t`` would
+    silently mix rows and positions.
+
+    Raises:
+        ValueError: a 2-D output that is not [batch * length, hidden].
+    """
+    if h.dim() != 2:
+        return h
+    if h.shape[0] != batch * length:
+        raise ValueError(f"a site output of shape {tuple(h.shape)} is neither [batch, length, hidden] nor "
+                         f"[batch * length, hidden] for batch {batch}, length {length}")
+    return h.view(batch, length, h.shape[-1])
+
+
+def call_shape(args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """(batch, length) of a causal LM forward call, from ``input_ids`` or ``inputs_embeds``."""
+    x = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    return (int(x.shape[0]), int(x.shape[1])) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
 
 
 def replace_hidden(output: object, hidden: torch.Tensor) -> object:

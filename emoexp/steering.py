@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import SITES, find_layers, hidden_of, replace_hidden, resolve_layers, site_module
+from .layers import SITES, as_tokens, call_shape, find_layers, hidden_of, replace_hidden, resolve_layers, site_module
 
 __all__ = ["POSITIONS", "Steering", "check_finite", "steer", "self_test"]
 
@@ -112,40 +112,54 @@ class Steering:
     site: str
     positions: str
     record_dose: bool = False
-    _total: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: sum of dose over steered tokens
-    _count: dict[int, int] = field(default_factory=dict)  # per layer: steered tokens (all rows)
-    _rows: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [B] sums per row
-    _row_n: dict[int, int] = field(default_factory=dict)  # per layer: steered tokens per row
+    _total: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: dose summed over counted tokens
+    _count: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: counted tokens (all rows)
+    _rows: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [B] dose sums per row
+    _row_n: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [B] counted tokens per row
     _rows_valid: bool = True  # False once calls of different batch sizes were seen
+    _attention: torch.Tensor | None = None  # the current forward call's attention mask
 
     def doses(self) -> dict[int, float]:
-        """Mean relative dose ‖d_l‖ / ‖h_l‖ per steered layer (over rows and steered tokens seen)."""
-        return {l: float(self._total[l]) / self._count[l] for l in self._total if self._count[l]}
+        """Mean relative dose ‖d_l‖ / ‖h_l‖ per steered layer, over the steered real tokens of
+        all rows (padding is not counted)."""
+        return {l: float(self._total[l]) / float(self._count[l]) for l in self._total if float(self._count[l])}
 
     def row_doses(self) -> list[float]:
-        """Mean relative dose per batch row (averaged over steered layers and tokens).
+        """Mean relative dose per batch row (over steered layers and the row's steered real tokens).
 
         Raises:
             RuntimeError: the context saw batches of different sizes (rows are not defined).
         """
         if not self._rows_valid:
             raise RuntimeError("row doses need every call in the context to have the same batch size")
-        per_layer = [self._rows[l].double().cpu() / self._row_n[l] for l in self._rows if self._row_n[l]]
+        per_layer = [self._rows[l].double().cpu() / self._row_n[l].double().cpu().clamp_min(1) for l in self._rows]
         return torch.stack(per_layer).mean(0).tolist() if per_layer else []
 
-    def _record(self, layer: int, v: torch.Tensor, h: torch.Tensor) -> None:
-        """``v``: [H] or [B, 1, H]; ``h``: [B, T', H], the steered positions (no host sync)."""
-        ratio = v.float().norm(dim=-1, keepdim=v.dim() == 1) / h.float().norm(dim=-1).clamp_min(1e-12)  # [B, T']
-        ratio = ratio.expand(h.shape[:-1])
-        self._total[layer] = self._total.get(layer, 0) + ratio.sum()
-        self._count[layer] = self._count.get(layer, 0) + ratio.numel()
-        row = ratio.sum(-1)
+    def _attention_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._attention = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _record(self, layer: int, v: torch.Tensor, h: torch.Tensor, positions: torch.Tensor | None) -> None:
+        """``v``: [H] or [B, 1, H]; ``h``: [B, T, H]; ``positions``: [T] steered positions or
+        ``None`` (all). Left padding is excluded through the call's attention mask. No host sync."""
+        b, t = h.shape[0], h.shape[-2]
+        am = self._attention
+        if am is not None and am.shape[0] == b and am.shape[1] >= t:
+            w = am[:, -t:].to(device=h.device, dtype=torch.float32)
+        else:
+            w = torch.ones(b, t, device=h.device)
+        if positions is not None:
+            w = w * positions.to(w.dtype)
+        ratio = v.float().norm(dim=-1, keepdim=v.dim() == 1) / h.float().norm(dim=-1).clamp_min(1e-12)  # [B, T]
+        weighted = ratio * w
+        self._total[layer] = self._total.get(layer, 0) + weighted.sum()
+        self._count[layer] = self._count.get(layer, 0) + w.sum()
         prev = self._rows.get(layer)
-        if prev is not None and prev.shape != row.shape:
+        if prev is not None and prev.shape[0] != b:
             self._rows_valid = False
         if self._rows_valid:
-            self._rows[layer] = row if prev is None else prev + row
-            self._row_n[layer] = self._row_n.get(layer, 0) + int(ratio.shape[-1])
+            self._rows[layer] = weighted.sum(-1) + (0 if prev is None else prev)
+            self._row_n[layer] = w.sum(-1) + self._row_n.get(layer, 0)
 
 
 def _validate(model: nn.Module, directions: torch.Tensor, blocks: list[nn.Module], per_row: bool = False) -> None:
@@ -250,7 +264,8 @@ def steer(
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: object) -> object:
-            h = hidden_of(output)
+            flat = hidden_of(output)
+            h = as_tokens(flat, *shape[0]) if flat.dim() == 2 and shape[0] else flat
             if rows is None:
                 v = vector(h)[layer]  # [H]
             else:
@@ -265,19 +280,27 @@ def steer(
                 if not bool(mask.any()):
                     return None
             if record_dose:
-                handle._record(layer, v, h if mask is None else h[..., mask, :])
+                handle._record(layer, v, h, mask)
             if mask is None:
                 new = h + v
             else:
                 new = h + mask.to(h.dtype).unsqueeze(-1) * v
-            return replace_hidden(output, new)
+            return replace_hidden(output, new.view_as(flat))
 
         return hook
 
+    shape: list[tuple[int, int] | None] = [None]  # (batch, length) of the current forward call
+
+    def record_shape(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        shape[0] = call_shape(args, kwargs)
+
     hooks = []
     try:
+        hooks.append(model.register_forward_pre_hook(record_shape, with_kwargs=True))
         if positions == "generated":
             hooks.append(model.register_forward_pre_hook(tracker.pre_hook, with_kwargs=True))
+        if record_dose:
+            hooks.append(model.register_forward_pre_hook(handle._attention_hook, with_kwargs=True))
         for l, m in zip(chosen, modules):
             hooks.append(m.register_forward_hook(make_hook(l)))
         yield handle

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,13 @@ class WorkDir:
     def append_rows(self, rank: int, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows to this rank's shard and flush to disk (one write per batch)."""
         blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(self.shard(rank), "a", encoding="utf-8") as f:
+        shard = self.shard(rank)
+        if shard.is_file() and shard.stat().st_size:
+            with open(shard, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut by a kill: start on a fresh line
+                    blob = "\n" + blob
+        with open(shard, "a", encoding="utf-8") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
@@ -73,9 +79,17 @@ class WorkDir:
                     continue  # the last line of a shard killed mid-write
         return rows
 
-    def done_batches(self) -> set[int]:
-        """Batch ids with rows in any shard."""
-        return {int(r["batch"]) for r in self.read_rows() if "batch" in r}
+    def done_batches(self, sizes: Sequence[int] | None = None) -> set[int]:
+        """Batch ids whose rows are on disk: all ``sizes[b]`` of them when sizes are given (a
+        batch cut by a kill mid-write is redone), else any."""
+        counts: dict[int, set] = {}
+        for r in self.read_rows():
+            if "batch" in r:
+                key = json.dumps({k: r.get(k) for k in ("entry", "index", "item")})
+                counts.setdefault(int(r["batch"]), set()).add(key)
+        if sizes is None:
+            return set(counts)
+        return {b for b, rows in counts.items() if b < len(sizes) and len(rows) >= sizes[b]}
 
     def state_path(self, rank: int, world: int) -> Path:
         return self.path / f"state-rank{rank}-of-{world}.pt"

@@ -186,10 +186,12 @@ def test_dose_is_reported(tiny):
     assert list(doses) == [1] and 0 < doses[1] < float("inf")
 
 
+@pytest.mark.parametrize("site", ["residual", "mlp"])
 @pytest.mark.parametrize("positions", ["all", "generated"])
-def test_per_row_directions_equal_rows_alone(tiny, positions):
+def test_per_row_directions_equal_rows_alone(tiny, positions, site):
     """One batch holding several (target, alpha) rows computes what each row computes alone
-    under its own direction; a zero row is bit-identical to unsteered."""
+    under its own direction; a zero row is bit-identical to unsteered. (OPT's mlp site returns
+    [batch * length, hidden]: rows and positions must not be mixed up there.)"""
     rows = [_ids(t=7, seed=5)[0], _ids(t=4, seed=6)[0], _ids(t=6, seed=7)[0]]
     ids, mask = _padded(rows)
     n, h = len(find_layers(tiny)), _hidden_size(tiny)
@@ -197,16 +199,18 @@ def test_per_row_directions_equal_rows_alone(tiny, positions):
     per_row = torch.stack([torch.randn(n, h, generator=g), -2.0 * torch.randn(n, h, generator=g), torch.zeros(n, h)])
     kw = forward_kwargs(tiny, ids, mask)
     plain = tiny(**kw).logits[:, -1]
-    with steer(tiny, per_row, positions=positions, per_row=True, record_dose=True) as s:
+    with steer(tiny, per_row, positions=positions, per_row=True, record_dose=True, site=site) as s:
         batch_logits = tiny(**kw).logits[:, -1]
     doses = s.row_doses()
     assert doses[0] > 0 and doses[1] > 0 and doses[2] == 0.0
     assert torch.equal(batch_logits[2], plain[2])
     for i, r in enumerate(rows[:2]):
-        with steer(tiny, per_row[i], positions=positions):
+        with steer(tiny, per_row[i], positions=positions, record_dose=True, site=site) as one:
             alone = tiny(r.unsqueeze(0)).logits[0, -1]
         assert (batch_logits[i] - alone).abs().max() <= 1e-4
         assert (batch_logits[i] - plain[i]).abs().max() > 1e-4
+        # the row's dose counts its own real tokens only, not the batch's left padding
+        assert abs(doses[i] - one.row_doses()[0]) <= 1e-4 * one.row_doses()[0]
     with pytest.raises(RuntimeError, match="directions for 3 rows"):
         with steer(tiny, per_row, per_row=True):
             tiny(ids[:2])

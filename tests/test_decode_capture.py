@@ -120,3 +120,48 @@ def test_extract_batch_decode_equals_forward():
         assert _close(sums_d[k].row_mean_sum, sums_f[k].row_mean_sum) <= 1e-4
     with pytest.raises(ValueError, match="valid: decode, forward"):
         extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW, capture="x")
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2"])
+def test_pad_equal_to_stop_and_sampling(arch):
+    """Padding with the stop token itself, and sampled responses: still the same tokens counted."""
+    from conftest import make_tiny
+
+    model = make_tiny(arch)
+    stop = _with_stop(model)
+
+    class PadIsStop(Tok):
+        pad_token_id = stop
+
+    prompts = [[t if t != stop else 1 for t in p] for p in PROMPTS]
+    _, prompt_mask = left_pad(prompts, stop)
+    with DecodeCapture(model, prompt_mask, "response", [stop], max_response=NEW, site="mlp") as cap:
+        gens = generate(model, PadIsStop(), prompts, max_new_tokens=NEW, feed_last=True, do_sample=True, seed=3)
+    ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], stop)
+    ref = capture_groups(model, ids, mask, scope_mask(mask, width, "response"), GROUPS, 2, site="mlp")
+    for g, r in zip(cap.groups(GROUPS, 2), ref):
+        assert torch.equal(g.n_tokens, r.n_tokens) and g.n_rows == r.n_rows
+        assert _close(g.row_mean_sum, r.row_mean_sum) <= 1e-4
+
+
+def test_forced_stop_token_falls_back_to_the_forward_pass():
+    """A model that forces a stop token at the length limit cannot run one step past it:
+    generate(feed_last) refuses, and extraction uses the exact forward capture instead."""
+    from conftest import make_tiny
+
+    from emoexp.datasets import Query
+
+    model = make_tiny("llama")
+    stop = _with_stop(model)
+    model.generation_config.forced_eos_token_id = stop
+    with pytest.raises(ValueError, match="forced_eos_token_id"):
+        generate(model, Tok(), PROMPTS, max_new_tokens=NEW, feed_last=True)
+    qs = [Query(id="a", index=0, query="a", emotion="joy"), Query(id="b", index=1, query="b", emotion="joy")]
+    items = extraction_items(qs, ["joy"])
+    prompts = PROMPTS[: len(items)]
+    got, rows = extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW)
+    ref, ref_rows = extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW,
+                                  capture="forward")
+    assert rows == ref_rows and all(r["finished"] for r in rows)
+    for k in ref:
+        assert torch.equal(got[k].token_sum, ref[k].token_sum)

@@ -120,9 +120,11 @@ def test_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
 
 def test_generation_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
     """Pooled batches (many grid entries per batch, one direction per row) resume after a
-    kill -9 mid-run: the rerun redoes only missing batches and writes what a clean run writes."""
-    args = ["generate", *COMMON, "--data", "emotionquery_plus", "--limit", "2", "--targets", "joy,anger",
-            "--alphas=-1,0,1,2,3", "--batch_size", "3", "--vectors", str(extracted[1]), "--devices", "2"]
+    kill -9 mid-run: the rerun redoes only the batches not complete on disk and writes what a
+    clean run writes."""
+    args = ["generate", *COMMON, "--data", "emotionquery_plus", "--limit", "4", "--targets", "joy,anger",
+            "--alphas=-1,0,1,2,3", "--batch_size", "2", "--max_new_tokens", "12", "--vectors", str(extracted[1]),
+            "--devices", "2"]
     clean = tmp_path / "clean.jsonl"
     _ok(_emoexp([*args, "--out", str(clean)]))
     killed = tmp_path / "killed.jsonl"
@@ -130,16 +132,29 @@ def test_generation_kill_9_and_resume_equals_clean_run(extracted, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "emoexp", *args, "--out", str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     work = killed.with_name(killed.name + ".work")
+
+    def per_batch() -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for f in work.glob("rank*.jsonl"):
+            for line in f.read_text().splitlines():
+                if line.endswith("}"):
+                    b = json.loads(line)["batch"]
+                    counts[b] = counts.get(b, 0) + 1
+        return counts
+
     deadline = time.time() + 300
-    while time.time() < deadline and sum(len(f.read_text().splitlines()) for f in work.glob("rank*.jsonl")) < 6:
-        time.sleep(0.1)
+    while time.time() < deadline and sum(per_batch().values()) < 6:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not killed.exists(), "the run finished before it could be killed"
-    written = sum(len(f.read_text().splitlines()) for f in work.glob("rank*.jsonl"))
-    assert written >= 6
+    before = per_batch()
+    assert sum(before.values()) >= 6
     _ok(_emoexp([*args, "--out", str(killed)]))
     assert killed.read_text() == clean.read_text()
+    after = per_batch()
+    assert all(after[b] == n for b, n in before.items() if n == 2)  # complete batches were not redone
+    assert len(after) > len(before)
 
 
 def test_resume_refuses_a_different_config(extracted, tmp_path):

@@ -92,3 +92,19 @@ def test_bias_slots_refuse_where_the_fold_is_not_exact():
     before = model(ids).logits  # after a refused verify the biases hold their original values
     slots.remove()
     assert torch.equal(model(ids).logits, before)
+
+
+def test_bias_slots_restore_existing_biases_into_the_same_tensors():
+    """gpt2's projections have biases: the slots write into them and put the original values
+    back into the very same tensors, leaving requires_grad as it was."""
+    from emoexp.fold import BiasSlots
+
+    model = make_tiny("gpt2").requires_grad_(True)
+    n, h = len(find_layers(model)), model.config.hidden_size
+    slots = BiasSlots(model, site="attn")
+    held = [(p.bias, p.bias.detach().clone()) for p in slots.projs]
+    slots.set(torch.randn(n, h, generator=torch.Generator().manual_seed(10)))
+    assert any(not torch.equal(b, saved) for b, saved in held)
+    slots.remove()
+    for p, (b, saved) in zip(slots.projs, held):
+        assert p.bias is b and torch.equal(b, saved) and b.requires_grad

@@ -119,7 +119,7 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
         return prompt_cache[key]
 
     jobs = _jobs(entries, len(queries), prompts_for, cfg)
-    done = wd.done_batches()
+    done = wd.done_batches([len(j) for j in jobs])
     mine = my_batches(len(jobs), rank, world)
 
     def direction_of(entry: dict[str, Any]) -> Any:
@@ -130,11 +130,11 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     slots = opts = None
     if cfg.compile is not None:  # fast path: steering lives in biases set in place; the compiled step never changes
         slots = BiasSlots(model, site=site, layers=cfg.layers, layers_path=cfg.layers_path)
-        opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
     bar = tqdm(total=len(mine), initial=sum(b in done for b in mine), disable=rank != 0,
                desc=f"generate ({world} proc)", unit="batch")
     try:
         if slots is not None:
+            opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
             probe = next((en for en in entries if en["condition"] == "steered" and en["alpha"]), None)
             if probe is not None:
                 slots.verify(direction_of(probe))  # NotFoldable before any batch runs
