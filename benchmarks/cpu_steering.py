@@ -71,8 +71,8 @@ def main() -> None:
     for batch in (1, 16):
         samples: dict[str, list[float]] = {"plain": [], "hooks": [], "fold": []}
         for _ in range(args.repeats):
-            for mode in samples:
-                samples[mode].append(tps(batch, mode))
+            for mode, values in samples.items():
+                values.append(tps(batch, mode))
         med = {k: statistics.median(v) for k, v in samples.items()}
         results.update({f"b{batch}_{k}": v for k, v in med.items()})
         rows.append((f"batch {batch}: unsteered tok/s", f"{med['plain']:.1f}"))
@@ -88,14 +88,14 @@ def main() -> None:
                                             cond) for it in items])
     times: dict[str, list[float]] = {"gen": [], "decode": [], "forward": []}
     for _ in range(args.repeats):
-        for mode in times:
+        for mode, spent in times.items():
             t = time.perf_counter()
             if mode == "gen":
                 generate(model, tok, ep, max_new_tokens=args.new_tokens)
             else:
                 extract_batch(model, tok, items, ep, site="attn", scope="response", max_new_tokens=args.new_tokens,
                               capture=mode)
-            times[mode].append(time.perf_counter() - t)
+            spent.append(time.perf_counter() - t)
     g = statistics.median(times["gen"])
     rows.append(("extraction ÷ generation, capture while decoding (batch 16, attn, 30 layers)",
                  f"{statistics.median(times['decode']) / g:.3f}"))

@@ -8,7 +8,7 @@ prefill conditioning, 30 EmotionQuery+ queries x 31 grid entries, 40 new tokens)
 batch 16 and 64, each as a fresh ``emoexp generate`` process (model load included), and
 checks that every response is identical across the four runs.
 
-Run:  .venv/bin/python benchmarks/grid_batching.py [--vectors outputs/run/evs.safetensors]
+Run:  .venv/bin/python benchmarks/grid_batching.py [--vectors outputs/run/latest/evs.safetensors]
 (without ``--vectors`` it first extracts EVs from 4 queries per emotion).
 """
 

@@ -8,25 +8,41 @@ Public surface::
     emoexp.capture(model, input_ids, attention_mask, token_mask, site=...)
     emoexp.score(responses, queries=None, targets=None, metrics=None, backend=None)
     emoexp.fold_into_bias(model, directions)       # hook-free fast path (torch.compile-safe)
+
+Names are imported on first use (PEP 562), so ``import emoexp`` and ``emoexp --help`` do not
+load torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .capture import SCOPES, ActivationSums, capture, scope_mask
-from .fold import NotFoldable, fold_into_bias
-from .layers import SITES, find_layers
-from .steering import POSITIONS, self_test, steer
-from .vectors import EMOTIONS, EmotionVectors, VectorFileError, import_official
+from .vocab import EMOTIONS, POSITIONS, SCOPES, SITES
 
 __version__ = "0.1.0"
 
+#: public name -> the module that defines it
+_LAZY = {
+    "ActivationSums": "capture", "capture": "capture", "scope_mask": "capture",
+    "NotFoldable": "fold", "fold_into_bias": "fold",
+    "find_layers": "layers",
+    "self_test": "steering", "steer": "steering",
+    "EmotionVectors": "vectors", "VectorFileError": "vectors", "import_official": "vectors",
+}
+
 __all__ = [
-    "EMOTIONS", "POSITIONS", "SCOPES", "SITES", "ActivationSums", "EmotionVectors", "VectorFileError",
-    "NotFoldable", "capture", "find_layers", "fold_into_bias", "import_official", "scope_mask", "score",
-    "self_test", "steer",
+    "EMOTIONS", "POSITIONS", "SCOPES", "SITES", "ActivationSums", "EmotionVectors", "NotFoldable", "VectorFileError",
+    "capture", "find_layers", "fold_into_bias", "import_official", "scope_mask", "score", "self_test", "steer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'emoexp' has no attribute {name!r}")
 
 
 def score(*args: Any, **kwargs: Any) -> Any:
@@ -34,4 +50,3 @@ def score(*args: Any, **kwargs: Any) -> Any:
     from .scoring import score as _score
 
     return _score(*args, **kwargs)
-

@@ -25,13 +25,11 @@ import torch
 from torch import nn
 
 from .layers import as_tokens, find_layers, hidden_of, resolve_layers, site_module
+from .vocab import SCOPES
 
 __all__ = ["SCOPES", "ActivationSums", "DecodeCapture", "capture", "capture_groups", "forward_kwargs",
            "scope_mask"]
 
-#: ``response``: tokens after the prompt; ``prompt``: the prompt's tokens; ``all``: both;
-#: ``last``: the last prompt token only (whose output predicts the first response token).
-SCOPES = ("response", "prompt", "all", "last")
 
 
 @dataclass
@@ -98,7 +96,7 @@ class ActivationSums:
         n = num_layers * hidden
         flat = flat.double().cpu()
         return cls(
-            flat[:n].reshape(num_layers, hidden).clone(), int(round(float(flat[n]))),
+            flat[:n].reshape(num_layers, hidden).clone(), round(float(flat[n])),
             flat[n + 1: 2 * n + 1].reshape(num_layers, hidden).clone(),
             flat[2 * n + 1: 2 * n + 1 + num_layers].round().long(),
             flat[2 * n + 1 + num_layers:].clone(),
@@ -321,7 +319,7 @@ class DecodeCapture:
 
         return hook
 
-    def __enter__(self) -> DecodeCapture:
+    def __enter__(self) -> DecodeCapture:  # noqa: PYI034
         self._hooks = [self.model.register_forward_pre_hook(self._pre, with_kwargs=True)]
         self._hooks += [site_module(self.blocks[l], self.site).register_forward_hook(self._hook(l))
                         for l in self.chosen]

@@ -10,30 +10,46 @@ Commands inside the chat::
     /quit                    leave
 
 Example:
-    emoexp chat --model smollm2 --vectors outputs/run/evs.safetensors --site attn
+    emoexp chat outputs/run/latest/evs.safetensors --model smollm2 --weights 'joy=1'
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatSession", "add_arguments", "main"]
+from jsonargparse.typing import PositiveInt
+
+from .vocab import Positions, Site
+
+__all__ = ["Args", "ChatSession", "main"]
 
 HELP = __doc__.split("Commands inside the chat::")[1].split("Example:")[0]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2", help="model spec (smollm2, a folder or a hub id)")
-    parser.add_argument("--vectors", required=True, help="EV safetensors file")
-    parser.add_argument("--site", default=None, help="site to steer (default: the vectors' own)")
-    parser.add_argument("--layers", default=None, help="layers to steer, e.g. 10,11,12 (default: all)")
-    parser.add_argument("--positions", default="all", choices=["all", "generated"])
-    parser.add_argument("--max_new_tokens", type=int, default=80)
-    parser.add_argument("--set", dest="initial", default="", help="initial weights, e.g. 'joy=1'")
-    parser.add_argument("--trust_remote_code", action="store_true")
+@dataclass
+class Args:
+    """``emoexp chat``: an interactive chat whose emotion weights change live."""
+
+    vectors: str = field(default="", metadata={"positional": None, "help": "EV safetensors file"})
+    model: str = "smollm2"
+    """Model spec (smollm2, a folder or a hub id); it must be the vectors' model."""
+    site: Site | None = None
+    """Site to steer (default: the vectors' own)."""
+    layers: list[int] | None = None
+    """Layers to steer (default: all)."""
+    positions: Positions = "all"
+    """Steered positions."""
+    max_new_tokens: PositiveInt = 80
+    """New tokens per reply."""
+    weights: str = ""
+    """Initial weights, e.g. 'joy=1 anger=-0.5'."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code."""
+    allow_foreign_vectors: bool = False
+    """Steer with vectors extracted from another model (same shapes)."""
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -123,16 +139,17 @@ def loop(session: ChatSession, lines: Iterable[str], write: Callable[[str], Any]
     write("\n")
 
 
-def main(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .vectors import EmotionVectors
+def main(args: Args) -> int:
+    from .models import inspect_model, load_model
+    from .vectors import EmotionVectors, check_compatible
 
     evs = EmotionVectors.load(args.vectors)
+    check_compatible(evs, inspect_model(args.model, trust_remote_code=args.trust_remote_code),
+                     allow_foreign=args.allow_foreign_vectors, path=args.vectors)  # before the weights load
     model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    session = ChatSession(model, tok, evs, site=args.site or evs.metadata.get("site", "residual"), layers=layers,
+    session = ChatSession(model, tok, evs, site=args.site or evs.metadata.get("site", "residual"), layers=args.layers,
                           positions=args.positions, max_new_tokens=args.max_new_tokens)
-    if args.initial:
-        print(session.command(f"/set {args.initial}"))
+    if args.weights:
+        print(session.command(f"/set {args.weights}"))
     loop(session, sys.stdin, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     return 0

@@ -11,33 +11,44 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from jsonargparse.typing import NonNegativeInt
+
+from .vocab import Condition
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["add_arguments", "build_table", "compare_table", "main", "to_markdown"]
+__all__ = ["Args", "build_table", "compare_table", "main", "target_table", "to_markdown"]
 
 _NOT_METRICS = {"alpha", "n", "start_time"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``emoexp compare`` flags."""
-    parser.add_argument("--experiment", action="append", required=True, metavar="NAME",
-                        help="MLflow experiment (one per study); repeat to compare several")
-    parser.add_argument("--metrics", nargs="+", default=None, help="metrics to show (default: all logged)")
-    parser.add_argument("--condition", default="steered", choices=("steered", "prompt", "unsteered"),
-                        help="the condition whose alpha sweep fills the columns (default: steered)")
-    parser.add_argument("--target", default=None, help="one steering target, e.g. base or joy (default: all)")
-    parser.add_argument("--out", default=None, help="folder for compare.md, compare.csv and compare_<metric>.png")
-    parser.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
-    parser.add_argument("--digits", type=int, default=3, help="decimals in the Markdown table")
+@dataclass
+class Args:
+    """``emoexp compare``: tables and plots across model families, read from MLflow."""
+
+    experiment: list[str] | None = field(default=None, metadata={"append": True})
+    """An MLflow experiment to compare, repeatable (default: every experiment that holds emoexp studies)."""
+    metrics: list[str] | None = None
+    """Metrics for compare.csv and the plots (default: all logged); the terminal shows p_target, topic, repetition."""
+    condition: Condition = "steered"
+    """The condition whose alpha sweep fills the columns."""
+    target: str | None = None
+    """One steering target, e.g. base or joy (default: all, one row per model and target)."""
+    out: str | None = None
+    """Folder for compare.md, compare.csv and compare_<metric>.png."""
+    uri: str | None = None
+    """Tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."""
+    digits: NonNegativeInt = 3
+    """Decimals in the Markdown tables."""
 
 
 def _metrics_of(long: pd.DataFrame) -> list[str]:
@@ -168,31 +179,80 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def main(args: argparse.Namespace) -> int:
-    """Print the table; with ``--out`` also write compare.md, compare.csv and one plot per metric."""
+def target_table(long: pd.DataFrame, metric: str = "p_target", condition: str = "steered") -> pd.DataFrame:
+    """One row per (model, target): ``metric`` unsteered, under the prompt baseline and at each α.
+
+    ``p_target`` is the target emotion's own probability (``p_<target>`` of each row's target).
+    """
+    import pandas as pd
+
+    long = _label_models(long)
+    rows = []
+    steered = long[long["condition"] == condition]
+    for (model, target), part in steered.groupby(["model", "target"], sort=True):
+        col = f"p_{target}" if metric == "p_target" else metric
+        if col not in long:
+            continue
+        mine = long[long["model"] == model]
+        unst = mine[mine["condition"] == "unsteered"][col]
+        prompt = mine[(mine["condition"] == "prompt") & (mine["target"] == target)][col]
+        row: dict[str, Any] = {"model": model, "target": target,
+                               "unsteered": float(unst.iloc[0]) if len(unst) else math.nan,
+                               "prompt": float(prompt.iloc[0]) if len(prompt) else math.nan}
+        for a, r in part.sort_values("alpha").groupby("alpha", sort=True):
+            row[f"α={_alpha(a)}"] = float(r[col].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _experiments(uri: str | None) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import check_store, search_all
+
+    client = MlflowClient(check_store(uri, create=False))
+    names = []
+    for exp in client.search_experiments():
+        if search_all(client, [exp.experiment_id], "tags.`emoexp.kind` = 'parent'"):
+            names.append(exp.name)
+    return names
+
+
+def main(args: Args) -> int:
+    """Print readable tables; with ``out`` also write compare.md, compare.csv and one plot per metric."""
     from .tracking import TrackingError, load_children
 
     try:
-        long = load_children(args.experiment, uri=args.uri)
+        experiments = args.experiment or _experiments(args.uri)
+        if not experiments:
+            raise TrackingError("no experiment holds emoexp studies yet: run `emoexp run` first")
+        long = load_children(experiments, uri=args.uri)
         table = build_table(long, args.metrics, args.condition, args.target)
     except (TrackingError, ValueError) as e:
         print(f"emoexp compare: error: {e}", file=sys.stderr)
         return 2
-    md = to_markdown(table, args.digits)
-    print(md)
+    shown = [m for m in ("p_target", "topic", "repetition") if m == "p_target" or m in long]
+    parts = [f"emoexp compare: {', '.join(experiments)} (condition={args.condition})"]
+    for m in shown:
+        t = target_table(long if args.target is None else long[(long["target"] == args.target)
+                                                              | (long["condition"] == "unsteered")], m, args.condition)
+        if len(t):
+            parts += ["", f"### {m}", "", t.to_markdown(index=False, floatfmt=f".{args.digits}f", missingval="—")]
+    text = "\n".join(parts) + "\n"
+    print(text)
     if args.out:
         from .plots import compare_figure
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        what = f"condition={args.condition}, target={args.target or 'all'}"
-        (out / "compare.md").write_text(f"# emoexp compare: {', '.join(args.experiment)} ({what})\n\n{md}")
+        md = to_markdown(table, args.digits)
+        (out / "compare.md").write_text(text + "\n## All metrics\n\n" + md)
         table.to_csv(out / "compare.csv")
         sel = _label_models(long)
         if args.target is not None:
             sel = sel[(sel["target"] == args.target) | (sel["condition"] == "unsteered")]
-        shown = sorted({c.split("@")[0].split("[")[0] for c in table.columns})
-        for m in shown:
-            compare_figure(sel, m).savefig(out / f"compare_{m}.png", dpi=110)
-        print(f"[emoexp] wrote {out}/compare.md, compare.csv and {len(shown)} plots", file=sys.stderr)
+        metrics = sorted({c.split("@")[0].split("[")[0] for c in table.columns})
+        for m in metrics:
+            compare_figure(sel, m).savefig(out / f"compare_{m}.png", dpi=110, bbox_inches="tight")
+        print(f"[emoexp] wrote {out}/compare.md, compare.csv and {len(metrics)} plots", file=sys.stderr)
     return 0

@@ -92,13 +92,15 @@ def bundled_path(name: str) -> Path:
 
 
 def dataset_fingerprint(queries: list[Query]) -> str:
-    """SHA-256 (hex) of the queries' ids and texts, in order: for provenance and resume checks.
+    """SHA-256 (hex) of the loaded, normalised rows (id, text, label, topic), in order: the
+    identity of the data a result was computed from (resume checks, provenance, MLflow).
 
     Example:
         >>> len(dataset_fingerprint(load_queries("emotionquery_plus")))
         64
     """
-    blob = json.dumps([[q.id, q.query] for q in queries], ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps([[q.id, q.query, q.emotion, q.topic] for q in queries], ensure_ascii=False,
+                      separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -187,6 +189,8 @@ def _read_file(path: Path, split: str) -> tuple[list[dict[str, Any]], str, Where
         raise DatasetError(f"{path}: a file has the single split 'train', not {split!r}")
     if suffix == ".json":
         return _read_json(path)
+    if path.stat().st_size == 0 or (suffix in (".jsonl", ".json", ".csv") and not _text(path).strip()):
+        raise DatasetError(f"{path}: holds no records (the file is empty)")
     lines = _check_jsonl(path) if suffix == ".jsonl" else []
     rows = _rows(str(path), lambda ds: ds.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train"))
     if suffix != ".jsonl":

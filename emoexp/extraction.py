@@ -25,11 +25,9 @@ from typing import Any
 import torch
 
 from .capture import ActivationSums, DecodeCapture, capture_groups, scope_mask
-from .datasets import Query
+from .datasets import DatasetError, Query
 from .generation import capture_batch, eos_ids, generate, left_pad
-
-#: How activations are captured: while generating, or in a forward pass afterwards.
-CAPTURES = ("decode", "forward")
+from .vocab import CAPTURES
 
 __all__ = ["CAPTURES", "Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items",
            "vectors_from"]
@@ -64,7 +62,9 @@ def extraction_items(queries: Sequence[Query], emotions: Sequence[str]) -> list[
             items.append(ExtractItem(q, q.emotion, cond, rank % 2))
     missing = [e for e in emotions if e not in seen]
     if missing:
-        raise ValueError(f"no queries labelled {', '.join(missing)} in the dataset")
+        present = sorted({str(q.emotion) for q in queries})
+        raise DatasetError(f"emotions: no queries labelled {', '.join(missing)} in the data (labels there: "
+                           f"{', '.join(present)}); extract only those present with --emotions")
     return items
 
 

@@ -97,8 +97,8 @@ def generate(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad, device)
     stops = eos_ids(model, tok)
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens + int(feed_last), do_sample=do_sample, pad_token_id=pad,
-                              eos_token_id=stops or None)
+    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens + int(feed_last), "do_sample": do_sample,
+                          "pad_token_id": pad, "eos_token_id": stops or None}
     kw.update(compiled if compiled is not None else {"disable_compile": True})
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p)

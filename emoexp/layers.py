@@ -17,11 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .vocab import SITES
+
 __all__ = ["SITES", "LayerDiscoveryError", "as_tokens", "call_shape", "find_layers", "hidden_of", "layer_path",
            "replace_hidden", "resolve_layers", "site_module"]
 
-#: Where a vector can be read or added: the block output, the attention output, the MLP output.
-SITES = ("residual", "attn", "mlp")
 
 # Attribute names (not class names) of the attention and MLP children of a decoder block,
 # across the families we test. The first one present wins.
@@ -86,7 +86,7 @@ def _num_hidden_layers(model: nn.Module) -> int | None:
     for getter in (lambda c: c.get_text_config(), lambda c: c):
         try:
             c = getter(cfg)
-        except Exception:  # noqa: BLE001 - configs without get_text_config
+        except Exception:  # noqa: BLE001, S112 - configs without get_text_config
             continue
         for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
             v = getattr(c, key, None)

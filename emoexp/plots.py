@@ -24,18 +24,32 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "AGG_COLUMNS", "alpha_sweep_figure", "compare_figure", "cosine_figure", "ev_figures", "metric_columns",
-    "norms_figure", "save_all_plots", "split_half_figure", "sweep_figures",
+    "AGG_COLUMNS",
+    "SWEEP_METRICS",
+    "alpha_sweep_figure",
+    "compare_figure",
+    "cosine_figure",
+    "ev_figures",
+    "metric_columns",
+    "norms_figure",
+    "save_all_plots",
+    "split_half_figure",
+    "sweep_figures",
 ]
 
 #: Columns of an aggregate table that are not metrics.
 AGG_COLUMNS = ("condition", "target", "alpha", "n")
 
 
-def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+def _figure(width: float = 7.6, height: float = 4.2) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _legend_outside(ax: Any) -> None:
+    """The legend right of the axes, never over the data (constrained layout makes room)."""
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def metric_columns(aggregate: pd.DataFrame) -> list[str]:
@@ -98,34 +112,49 @@ def _isnan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _col(metric: str, target: Any) -> str:
+    """The aggregate column behind ``metric`` for a target: ``p_target`` is the target's own ``p_<target>``."""
+    return f"p_{target}" if metric == "p_target" else metric
+
+
 def alpha_sweep_figure(aggregate: pd.DataFrame, metric: str, title: str | None = None) -> Figure:
     """``metric`` against α for each steered target (CI band when ``<metric>_ci_low/high`` exist);
     the prompt baseline of each target as a dashed line in the target's colour (with a marker at
-    the right edge) and the unsteered mean as a black dotted line."""
+    the right edge) and the unsteered mean as a dotted line (per target for ``p_target``, the
+    target emotion's own probability; black otherwise)."""
     fig = _figure()
     ax = fig.add_subplot()
     colors: dict[str, Any] = {}
     steered = aggregate[aggregate["condition"] == "steered"].dropna(subset=["alpha"])
     for target, rows in steered.groupby("target", sort=True):
+        col = _col(metric, target)
+        if col not in rows:
+            continue
         rows = rows.sort_values("alpha")
-        (line,) = ax.plot(rows["alpha"], rows[metric], marker="o", label=f"steered {target}")
+        (line,) = ax.plot(rows["alpha"], rows[col], marker="o", label=f"steered {target}")
         colors[str(target)] = line.get_color()
-        lo, hi = f"{metric}_ci_low", f"{metric}_ci_high"
+        lo, hi = f"{col}_ci_low", f"{col}_ci_high"
         if lo in rows and hi in rows and rows[[lo, hi]].notna().all().all():
             ax.fill_between(rows["alpha"], rows[lo], rows[hi], color=line.get_color(), alpha=0.15)
     right = steered["alpha"].max() if len(steered) else 1.0
     for _, row in aggregate[aggregate["condition"] == "prompt"].iterrows():
-        if _isnan(row[metric]):
+        col = _col(metric, row["target"])
+        if col not in row or _isnan(row[col]):
             continue
         color = colors.get(str(row["target"]), "grey")
-        ax.axhline(row[metric], color=color, ls="--", lw=1)
-        ax.plot([right], [row[metric]], marker="*", ms=11, color=color, ls="none",
-                label=f"prompt {row['target']}")
+        ax.axhline(row[col], color=color, ls="--", lw=1)
+        ax.plot([right], [row[col]], marker="*", ms=11, color=color, ls="none", label=f"prompt {row['target']}")
     for _, row in aggregate[aggregate["condition"] == "unsteered"].iterrows():
-        if not _isnan(row[metric]):
+        if metric == "p_target":
+            for target, color in colors.items():
+                if f"p_{target}" in row and not _isnan(row[f"p_{target}"]):
+                    ax.axhline(row[f"p_{target}"], color=color, ls=":", lw=1.2)
+            ax.plot([], [], color="black", ls=":", lw=1.2, label="unsteered (per target)")
+        elif metric in row and not _isnan(row[metric]):
             ax.axhline(row[metric], color="black", ls=":", lw=1.2, label="unsteered")
-    ax.set(xlabel="α (steering strength)", ylabel=metric, title=title or f"{metric} vs α")
-    ax.legend(fontsize="x-small", ncol=2)
+    label = "P(target emotion)" if metric == "p_target" else metric
+    ax.set(xlabel="α (steering strength)", ylabel=label, title=title or f"{label} vs α")
+    _legend_outside(ax)
     return fig
 
 
@@ -133,7 +162,7 @@ def compare_figure(long: pd.DataFrame, metric: str, title: str | None = None) ->
     """Cross-family α-sweep from :func:`emoexp.tracking.load_children` rows: ``metric`` vs α per
     (model, target) for steered runs; each model's prompt baseline (mean over its targets) dashed
     and its unsteered mean dotted, in the model's colour."""
-    fig = _figure(7.2, 4.6)
+    fig = _figure(8.4, 4.6)
     ax = fig.add_subplot()
     if metric not in long:
         ax.set_title(f"{metric}: not logged")
@@ -153,7 +182,7 @@ def compare_figure(long: pd.DataFrame, metric: str, title: str | None = None) ->
         if len(unsteered):
             ax.axhline(float(unsteered.mean()), color=color or "grey", ls=":", lw=1.2, label=f"{model} unsteered")
     ax.set(xlabel="α (steering strength)", ylabel=metric, title=title or f"{metric} vs α across models")
-    ax.legend(fontsize="x-small", ncol=2)
+    _legend_outside(ax)
     return fig
 
 
@@ -173,11 +202,18 @@ def ev_figures(ev_path: str | Path) -> dict[str, Figure]:
     return figs
 
 
+#: The α-sweep plots of a study: the target emotion's probability, then quality metrics.
+SWEEP_METRICS = ("p_target", "intensity", "topic", "perplexity", "repetition")
+
+
 def sweep_figures(aggregate: pd.DataFrame) -> dict[str, Figure]:
-    """``{"alpha_sweep_<metric>.png": figure}`` for every metric of the aggregate table."""
+    """``{"alpha_sweep_<metric>.png": figure}`` for :data:`SWEEP_METRICS` present in the aggregate
+    (``p_target`` when it has ``p_<emotion>`` columns)."""
     if aggregate is None or not len(aggregate):
         return {}
-    return {f"alpha_sweep_{m}.png": alpha_sweep_figure(aggregate, m) for m in metric_columns(aggregate)}
+    present = [m for m in SWEEP_METRICS
+               if (m == "p_target" and any(str(c).startswith("p_") for c in aggregate.columns)) or m in aggregate]
+    return {f"alpha_sweep_{m}.png": alpha_sweep_figure(aggregate, m) for m in present}
 
 
 def save_all_plots(ev_path: str | Path | None, aggregate: pd.DataFrame | None, out_dir: str | Path) -> list[Path]:

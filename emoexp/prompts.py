@@ -41,13 +41,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .vectors import EMOTIONS
+from .vocab import CONDITIONS, EMOTIONS, PROMPT_FORMATS, STRATEGIES
 
-__all__ = ["DEFAULT_TEMPLATES", "GENERATION_CONDITIONS", "STRATEGIES", "Conditioning", "encode_prompts",
-           "generation_prompt", "render_prompt", "uses_chat_template"]
+__all__ = ["DEFAULT_TEMPLATES", "GENERATION_CONDITIONS", "STRATEGIES", "Conditioning", "PromptTooLong",
+           "check_lengths", "encode_prompts", "generation_prompt", "render_prompt", "uses_chat_template"]
 
-STRATEGIES = ("system", "user", "prefill")
-GENERATION_CONDITIONS = ("unsteered", "steered", "prompt")
+GENERATION_CONDITIONS = CONDITIONS
 _INSTRUCTION = (
     "Respond as someone who is feeling intense {emotion} right now, and let that emotion show in your reply.",
     "Respond as someone who is feeling calm and neutral right now, and let that state show in your reply.",
@@ -69,10 +68,14 @@ class Conditioning:
     neutral_template: str | None = None
     #: a base system prompt used in every condition, or None
     system_prompt: str | None = None
+    #: chat (the tokenizer's template), plain (``User: … / Assistant:`` text, for base models) or auto
+    prompt_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={self.prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
         emo, neu = DEFAULT_TEMPLATES[self.strategy]
         if self.emotion_template is None:
             self.emotion_template = emo
@@ -94,8 +97,9 @@ class Conditioning:
         assert self.emotion_template is not None and self.neutral_template is not None
         return self.neutral_template if emotion is None else self.emotion_template.replace("{emotion}", emotion)
 
-    def describe(self) -> dict[str, str | None]:
-        """The exact texts, flat (for EV metadata and MLflow params).
+    def describe(self, tokenizer: Any = None) -> dict[str, str | None]:
+        """The exact texts, flat (for EV metadata and MLflow params); with ``tokenizer``, also the
+        prompt format it resolves to.
 
         Example:
             >>> Conditioning().describe()["text.neutral"]
@@ -106,7 +110,10 @@ class Conditioning:
             "emotion_template": self.emotion_template,
             "neutral_template": self.neutral_template,
             "system_prompt": self.system_prompt,
+            "prompt_format": self.prompt_format,
         }
+        if tokenizer is not None:
+            out["prompt_format"] = "chat" if uses_chat_template(tokenizer, self) else "plain"
         out.update({f"text.{e}": self.text(e) for e in EMOTIONS})
         out["text.neutral"] = self.text(None)
         out["generation"] = ("unsteered/steered: bare query (base system prompt only); "
@@ -114,9 +121,49 @@ class Conditioning:
         return out
 
 
-def uses_chat_template(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` has a chat template (then prompts use it and skip added special tokens)."""
-    return bool(getattr(tokenizer, "chat_template", None))
+def uses_chat_template(tokenizer: Any, cond: Conditioning | None = None) -> bool:
+    """Whether prompts are rendered with ``tokenizer``'s chat template (then encoding skips added
+    special tokens): with ``prompt_format`` auto (or no ``cond``) when the tokenizer has one.
+
+    Raises:
+        ValueError: ``prompt_format="chat"`` and the tokenizer has no chat template (a base model).
+    """
+    has = bool(getattr(tokenizer, "chat_template", None))
+    fmt = cond.prompt_format if cond is not None else "auto"
+    if fmt == "chat" and not has:
+        raise ValueError("prompt_format=chat but the tokenizer has no chat template (a base model?): "
+                         "use prompt_format plain or auto")
+    return has if fmt != "plain" else False
+
+
+class PromptTooLong(ValueError):
+    """A prompt that does not fit the model's context (names the query and the numbers)."""
+
+
+def check_lengths(prompts: list[list[int]], ids: list[str], context: int | None, reserve: int,
+                  limit: int | None = None) -> None:
+    """Refuse prompts longer than ``limit`` tokens (default: ``context - reserve``, the room the
+    model's context leaves for the response), before any model is loaded.
+
+    Raises:
+        PromptTooLong: names the longest prompt's query, its length and the limit.
+
+    Example:
+        >>> check_lengths([[1] * 10], ["q1"], context=8, reserve=2)
+        Traceback (most recent call last):
+        ...
+        emoexp.prompts.PromptTooLong: query q1: its prompt is 10 tokens, but the model takes 6 (context 8 minus 2 for the response); shorten the query or set max_prompt_tokens
+    """
+    cap = limit if limit is not None else (context - reserve if context else None)
+    if cap is None or not prompts:
+        return
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    n = len(prompts[longest])
+    if n > cap:
+        why = f"max_prompt_tokens is {cap}" if limit is not None else \
+            f"the model takes {cap} (context {context} minus {reserve} for the response)"
+        raise PromptTooLong(f"query {ids[longest]}: its prompt is {n} tokens, but {why}; shorten the query or set "
+                            "max_prompt_tokens")
 
 
 def render_prompt(tokenizer: Any, query: str, emotion: str | None, cond: Conditioning) -> str:
@@ -137,10 +184,10 @@ def render_prompt(tokenizer: Any, query: str, emotion: str | None, cond: Conditi
     """
     text = cond.text(emotion)
     if cond.strategy == "system":
-        return _render(tokenizer, _join(cond.system_prompt, text), query, "")
+        return _render(tokenizer, _join(cond.system_prompt, text), query, "", cond)
     if cond.strategy == "user":
-        return _render(tokenizer, cond.system_prompt, _join(text, query) or query, "")
-    return _render(tokenizer, cond.system_prompt, query, text)
+        return _render(tokenizer, cond.system_prompt, _join(text, query) or query, "", cond)
+    return _render(tokenizer, cond.system_prompt, query, text, cond)
 
 
 def generation_prompt(tokenizer: Any, query: str, condition: str, emotion: str | None, cond: Conditioning) -> str:
@@ -163,10 +210,10 @@ def generation_prompt(tokenizer: Any, query: str, condition: str, emotion: str |
         if _check_emotion(emotion) is None:
             raise ValueError(f"the prompt baseline needs an emotion, one of {', '.join(EMOTIONS)}")
         return render_prompt(tokenizer, query, emotion, cond)
-    return _render(tokenizer, cond.system_prompt, query, "")
+    return _render(tokenizer, cond.system_prompt, query, "", cond)
 
 
-def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: list[str], cond: Conditioning | None = None) -> list[list[int]]:
     """Token ids of rendered prompts (no padding).
 
     Chat-templated text is encoded with ``add_special_tokens=False`` (the template already holds
@@ -177,7 +224,7 @@ def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     """
     if not prompts:
         return []
-    enc = tokenizer(list(prompts), add_special_tokens=not uses_chat_template(tokenizer))
+    enc = tokenizer(list(prompts), add_special_tokens=not uses_chat_template(tokenizer, cond))
     return [list(ids) for ids in enc["input_ids"]]
 
 
@@ -193,8 +240,8 @@ def _join(first: str | None, second: str | None) -> str | None:
     return "\n\n".join(t for t in (first, second) if t) or None
 
 
-def _render(tokenizer: Any, system: str | None, user: str, opener: str) -> str:
-    if not uses_chat_template(tokenizer):
+def _render(tokenizer: Any, system: str | None, user: str, opener: str, cond: Conditioning | None = None) -> str:
+    if not uses_chat_template(tokenizer, cond):
         head = f"{system}\n\n" if system else ""
         return f"{head}User: {user}\nAssistant:" + (f" {opener}" if opener else "")
     from jinja2 import TemplateError

@@ -6,14 +6,12 @@ the script runs ``srun <this python> -m emoexp <stage> --config <abs path> [extr
 it works without activating a venv. Templates live in ``slurm/`` (``string.Template``).
 
 Example:
-    emoexp submit extract --config configs/extract.yaml --partition gpu --time 02:00:00
-    emoexp submit run --configs a.yaml b.yaml --dry-run -- --max_new_tokens 32
+    emoexp submit extract --config configs/extract/smollm2-1gpu.yaml --partition gpu --time 02:00:00
+    emoexp submit run --configs a.yaml b.yaml --dry_run true -- --max_new_tokens 32
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import re
 import shlex
@@ -21,12 +19,16 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
 
-__all__ = ["STAGES", "TEMPLATES", "Job", "SubmitError", "add_arguments", "main", "plan", "render", "submit"]
+from jsonargparse.typing import PositiveInt
+
+from .redact import has_secret, is_secret_key
+
+__all__ = ["STAGES", "TEMPLATES", "Args", "Job", "SubmitError", "main", "parse_args", "plan", "render", "submit"]
 
 STAGES = ("extract", "generate", "run", "sweep")
 #: template name -> file in the template folder
@@ -83,20 +85,16 @@ def _template_file(name: str) -> Path:
 def _stage_resources(stage: str, config: Path, extra: list[str]) -> tuple[int, int, str]:
     """``(devices, num_nodes, accelerator)`` of one config, validated by the stage's dataclass."""
     from . import config as c
+    from .recipes import sweep
 
     classes: dict[str, type] = {"extract": c.ExtractConfig, "generate": c.GenerateConfig, "run": c.RunConfig}
     try:
-        if stage in classes:
-            parser = argparse.ArgumentParser(prog=f"emoexp {stage}", add_help=False)
-            c.add_dataclass_arguments(parser, classes[stage])
-            args, unknown = parser.parse_known_args(["--config", str(config), *extra])
-            if unknown:
-                raise SubmitError(f"unknown flag(s) for emoexp {stage}: {' '.join(unknown)}")
-            cfg: Any = c.config_from_args(classes[stage], args)
-        else:  # sweep: only the resource fields are read here; the sweep recipe validates the rest
-            data = c.load_yaml(config)
-            names = {f.name for f in dataclasses.fields(c.Common)}
-            cfg = c.Common(**{k: v for k, v in data.items() if k in names})
+        data = c.load_yaml(config)
+        if stage in ("extract", "generate") and {"extract", "generate", "evaluate"} & set(data):
+            raise SubmitError(f"{config} is an `emoexp run` config (it has extract/generate sections): submit it "
+                              "with `emoexp submit run --config ...`")
+        argv = ["--config", str(config), *extra]
+        cfg: Any = sweep.parse_args(argv) if stage == "sweep" else c.parse(classes[stage], argv)
     except c.ConfigError as e:
         raise SubmitError(str(e) if str(config) in str(e) else f"{config}: {e}") from e
     return int(cfg.devices), int(cfg.num_nodes), str(cfg.accelerator)
@@ -137,7 +135,7 @@ def plan(stage: str, configs: list[str], template: str | None = None, extra: lis
     return Job(stage, template, paths, devices, num_nodes, accelerator, extra)
 
 
-def _sbatch_options(job: Job, opts: argparse.Namespace) -> list[str]:
+def _sbatch_options(job: Job, opts: Args) -> list[str]:
     """Optional ``#SBATCH`` lines (partition, account, time, GPUs, CPUs, memory, anything else)."""
     lines: list[str] = []
     if opts.partition:
@@ -163,27 +161,27 @@ def _sbatch_options(job: Job, opts: argparse.Namespace) -> list[str]:
     return [f"#SBATCH {line}" for line in lines]
 
 
-def _env_exports(opts: argparse.Namespace) -> list[str]:
-    """``export`` lines: pass-through variables set here, ``--hf-offline`` and ``--env``."""
-    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
+def _env_exports(opts: Args) -> list[str]:
+    """``export`` lines: pass-through variables set here (those holding credentials are left to
+    the inherited environment), ``hf_offline`` and ``env`` (secrets refused)."""
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k) and not has_secret(os.environ[k])}
     if opts.hf_offline:
         env["HF_HUB_OFFLINE"] = "1"
     for item in opts.env or []:
         key, sep, value = item.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            raise SubmitError(f"--env {item!r}: expected NAME=VALUE")
+            raise SubmitError(f"--env {item.split('=')[0]!r}: expected NAME=VALUE")
+        if is_secret_key(key) or has_secret(value):
+            raise SubmitError(f"--env {key}: looks like a secret; secrets are never written into job scripts: "
+                              f"`export {key}=...` before `emoexp submit` and the job inherits it")
         env[key] = value
     return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
-def render(job: Job, opts: argparse.Namespace) -> str:
+def render(job: Job, opts: Args) -> str:
     """The batch script for ``job`` (``opts``: the parsed ``emoexp submit`` options)."""
     base = [sys.executable, "-m", "emoexp", job.stage]
     extra = "".join(" " + shlex.quote(a) for a in job.extra)
-    for flag in ("signal_seconds", "array_parallel", "master_port"):
-        value = getattr(opts, flag)
-        if value is not None and value < 1:
-            raise SubmitError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     values = {
         "stage": job.stage,
         "job_name": opts.job_name or f"emoexp-{job.stage}",
@@ -205,7 +203,7 @@ def render(job: Job, opts: argparse.Namespace) -> str:
                                       f" --config {shlex.quote(str(job.configs[0]))}{extra}"),
     }
     if " " in values["log_dir"] or "%" in values["log_dir"]:
-        raise SubmitError(f"--log-dir {values['log_dir']!r}: Slurm log paths cannot contain spaces or '%'")
+        raise SubmitError(f"--log_dir {values['log_dir']!r}: Slurm log paths cannot contain spaces or '%'")
     try:
         return Template(_template_file(job.template).read_text()).substitute(values)
     except (KeyError, ValueError) as e:
@@ -226,50 +224,72 @@ def submit(script: str, path: Path) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``emoexp submit``; everything after ``--`` goes to the stage unchanged."""
-    parser.add_argument("stage", choices=STAGES, help="the emoexp subcommand the job runs")
-    parser.add_argument("--config", help="the stage's YAML config (resources: devices, num_nodes, accelerator)")
-    parser.add_argument("--configs", nargs="+", default=[], help="several configs: one array task per config")
-    parser.add_argument("--template", help=f"{', '.join(TEMPLATES)} or a template file "
-                        "(default: array for several configs, multi when num_nodes > 1, else single)")
-    parser.add_argument("--partition", help="#SBATCH --partition")
-    parser.add_argument("--account", help="#SBATCH --account")
-    parser.add_argument("--time", help="#SBATCH --time (HH:MM:SS or D-HH:MM:SS)")
-    parser.add_argument("--gpus-per-node", type=int, help="#SBATCH --gpus-per-node (default: devices on GPU)")
-    parser.add_argument("--cpus-per-task", type=int, help="#SBATCH --cpus-per-task (also passed to srun)")
-    parser.add_argument("--mem", help="#SBATCH --mem, e.g. 64G")
-    parser.add_argument("--sbatch-opt", action="append", metavar="OPT",
-                        help="any other #SBATCH option, repeatable; write --sbatch-opt=--exclusive")
-    parser.add_argument("--job-name", help="job name (default emoexp-<stage>; never 'bash' or 'interactive')")
-    parser.add_argument("--log-dir", default="logs/slurm", help="logs and rendered scripts (default: logs/slurm)")
-    parser.add_argument("--signal-seconds", type=int, default=120, help="SIGUSR1 this long before the time limit")
-    parser.add_argument("--master-port", type=int, help="fixed MASTER_PORT (default: derived from the job id)")
-    parser.add_argument("--array-parallel", type=int, help="at most this many array tasks at once (%%N)")
-    parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="export in the job, repeatable")
-    parser.add_argument("--hf-offline", action="store_true", help="export HF_HUB_OFFLINE=1 in the job")
-    parser.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
-    parser.epilog = "Flags after a bare -- are passed to the stage, e.g. -- --limit 10 --max_new_tokens 32."
-    parser.set_defaults(extra=[])
-    # argparse cannot give "everything after --" to a trailing positional that follows another
-    # positional (REMAINDER swallows the options too), so split at the first "--" ourselves.
-    known = parser.parse_known_args
+@dataclass
+class Args:
+    """``emoexp submit``: render a SLURM batch script from a stage's config and submit it."""
 
-    def parse_known_args(args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
-        argv = list(sys.argv[1:] if args is None else args)
-        tail: list[str] = []
-        if "--" in argv:
-            cut = argv.index("--")
-            argv, tail = argv[:cut], argv[cut + 1:]
-        ns, unknown = known(argv, namespace)
-        ns.extra = list(getattr(ns, "extra", [])) + tail
-        return ns, unknown
+    stage: str = field(default="run", metadata={"positional": None, "help": f"the emoexp subcommand the job runs: "
+                                                                            f"{', '.join(STAGES)}"})
+    config: str | None = None
+    """The stage's YAML config (its devices, num_nodes and accelerator size the job)."""
+    configs: list[str] = field(default_factory=list)
+    """Several configs: one array task per config."""
+    template: str | None = None
+    """single, multi, array or a template file (default: array for several configs, multi when num_nodes > 1)."""
+    partition: str | None = None
+    """#SBATCH --partition."""
+    account: str | None = None
+    """#SBATCH --account."""
+    time: str | None = None
+    """#SBATCH --time (MM, HH:MM:SS or D-HH:MM:SS)."""
+    gpus_per_node: PositiveInt | None = None
+    """#SBATCH --gpus-per-node (default: devices on GPU)."""
+    cpus_per_task: PositiveInt | None = None
+    """#SBATCH --cpus-per-task (also passed to srun)."""
+    mem: str | None = None
+    """#SBATCH --mem, e.g. 64G."""
+    sbatch_opt: list[str] = field(default_factory=list)
+    """Any other #SBATCH options, e.g. ['--exclusive']."""
+    job_name: str | None = None
+    """Job name (default emoexp-<stage>; never 'bash' or 'interactive')."""
+    log_dir: str = "logs/slurm"
+    """Logs and rendered scripts."""
+    signal_seconds: PositiveInt = 120
+    """SIGUSR1 this long before the time limit (the job saves, requeues, resumes)."""
+    master_port: PositiveInt | None = None
+    """Fixed MASTER_PORT (default: derived from the job id)."""
+    array_parallel: PositiveInt | None = None
+    """At most this many array tasks at once (%N)."""
+    env: list[str] = field(default_factory=list)
+    """NAME=VALUE exported in the job (a secret is refused: secrets reach the job through the environment)."""
+    hf_offline: bool = False
+    """Export HF_HUB_OFFLINE=1 in the job."""
+    dry_run: bool = False
+    """Print the script; write and submit nothing."""
+    extra: list[str] = field(default_factory=list)
+    """Flags passed to the stage (also: everything after a bare --)."""
 
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+def parse_args(argv: list[str], prog: str = "emoexp submit") -> Args:
+    """Everything after a bare ``--`` goes to the stage unchanged."""
+    from .config import build_parser, parse
+
+    argv = list(argv)
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
+    args = parse(Args, argv, prog=prog, parser=build_parser(Args, prog, config_file=False))
+    if args.stage not in STAGES:
+        from .config import ConfigError
+
+        raise ConfigError(f"stage: {args.stage!r} is not one of {', '.join(STAGES)}")
+    args.extra = list(args.extra) + tail
+    return args
 
 
-def main(args: argparse.Namespace) -> int:
-    """Render, then print (``--dry-run``) or write next to the logs and submit; prints the job id."""
+def main(args: Args) -> int:
+    """Render, then print (``--dry_run true``) or write next to the logs and submit; prints the job id."""
     extra = list(getattr(args, "extra", []))
     try:
         if args.job_name in ("bash", "interactive"):

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import SITES, as_tokens, call_shape, find_layers, hidden_of, replace_hidden, resolve_layers, site_module
+from .layers import as_tokens, call_shape, find_layers, hidden_of, replace_hidden, resolve_layers, site_module
+from .vocab import POSITIONS, SITES
 
-__all__ = ["POSITIONS", "Steering", "check_finite", "steer", "self_test"]
+__all__ = ["POSITIONS", "Steering", "check_finite", "self_test", "steer"]
 
-#: ``all``: every position, prompt included. ``generated``: the last prompt position and
-#: every generated one (what the paper authors' last-position edit does under a KV cache).
-POSITIONS = ("all", "generated")
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:
@@ -145,12 +143,13 @@ class Steering:
         b, t = h.shape[0], h.shape[-2]
         am = self._attention
         if am is not None and am.shape[0] == b and am.shape[1] >= t:
-            w = am[:, -t:].to(device=h.device, dtype=torch.float32)
+            w = am[:, -t:].to(device=h.device, dtype=torch.float64)
         else:
-            w = torch.ones(b, t, device=h.device)
+            w = torch.ones(b, t, device=h.device, dtype=torch.float64)
         if positions is not None:
             w = w * positions.to(w.dtype)
-        ratio = v.float().norm(dim=-1, keepdim=v.dim() == 1) / h.float().norm(dim=-1).clamp_min(1e-12)  # [B, T]
+        # float64 from here on: a row's dose is then the same whatever its batch-mates or the call split
+        ratio = v.double().norm(dim=-1, keepdim=v.dim() == 1) / h.double().norm(dim=-1).clamp_min(1e-12)  # [B, T]
         weighted = ratio * w
         self._total[layer] = self._total.get(layer, 0) + weighted.sum()
         self._count[layer] = self._count.get(layer, 0) + w.sum()

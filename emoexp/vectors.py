@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["EMOTIONS", "FORMAT", "EmotionVectors", "VectorFileError", "import_official", "library_versions"]
+from .vocab import EMOTIONS
 
-#: The five emotions of the paper, in a fixed order.
-EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness")
+__all__ = ["EMOTIONS", "FORMAT", "EmotionVectors", "VectorFileError", "VectorMismatch", "check_compatible",
+           "import_official", "library_versions"]
+
 FORMAT = "emoexp-ev/1"
 
 
@@ -34,17 +35,52 @@ class VectorFileError(ValueError):
     """A vector file is missing, corrupt, foreign or inconsistent."""
 
 
+class VectorMismatch(ValueError):
+    """Emotion vectors that do not fit a model (shape, or extracted from another model)."""
+
+
+def check_compatible(evs: EmotionVectors, info: Any, *, allow_foreign: bool = False, path: str | Path = "vectors") -> None:
+    """Refuse vectors that cannot steer the model ``info`` (an :class:`emoexp.models.ModelInfo`),
+    before its weights load: other layers or hidden size always; vectors extracted from another
+    model (by the model fingerprint they record, else by model id) unless ``allow_foreign``.
+
+    Raises:
+        VectorMismatch: names both shapes or both models, and the flag that allows foreign vectors.
+    """
+    if (evs.num_layers, evs.hidden_size) != (info.num_layers, info.hidden_size):
+        raise VectorMismatch(f"{path} holds vectors of {evs.num_layers} layers x {evs.hidden_size}, but {info.spec} "
+                             f"has {info.num_layers} layers x {info.hidden_size}: extract vectors for this model")
+    if allow_foreign:
+        return
+    theirs, their_id = evs.metadata.get("model_fingerprint"), evs.metadata.get("model_id")
+    if (theirs == info.fingerprint) if theirs else (their_id == info.model_id):
+        return
+    said = f"{their_id} ({theirs[:24]}…)" if theirs else f"{their_id!r} (no fingerprint recorded)"
+    raise VectorMismatch(f"{path} was extracted from {said}, not from {info.model_id} ({info.fingerprint[:24]}…): "
+                         "pass --allow_foreign_vectors true to steer with it anyway")
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers (for metadata and provenance)."""
     import importlib.metadata as md
 
     out = {}
-    for name in ("emoexp", "torch", "transformers", "lightning", "safetensors"):
+    for name in ("emoexp", "torch", "transformers", "lightning-fabric", "safetensors"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def _umask_mode(path: Path) -> None:
+    """Give a freshly written file the mode the umask allows (0644 usually), like every other
+    output; safetensors writes 0600."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 class EmotionVectors:
@@ -133,6 +169,17 @@ class EmotionVectors:
         scale = torch.tensor(self.metadata["activation_norms"], dtype=torch.float32)
         return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (dose * scale).unsqueeze(-1)
 
+    def fingerprint(self) -> str:
+        """sha256 of the tensors (names, shapes and float32 bytes), not of the file: the same
+        vectors saved twice (other metadata, other time) have the same fingerprint."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, v in self._vectors.items():
+            h.update(f"{name}:{tuple(v.shape)};".encode())
+            h.update(v.numpy().tobytes())
+        return "sha256:" + h.hexdigest()
+
     def norms(self) -> dict[str, list[float]]:
         """Per-layer L2 norms of each emotion's vector."""
         return {k: v.norm(dim=-1).tolist() for k, v in self._vectors.items()}
@@ -154,6 +201,7 @@ class EmotionVectors:
         meta.setdefault("library_versions", library_versions())
         tmp = path.with_name(path.name + ".tmp")
         save_file(dict(self._vectors), str(tmp), metadata={"format": FORMAT, "emoexp": json.dumps(meta)})
+        _umask_mode(tmp)
         tmp.replace(path)  # atomic: a killed run never leaves half a file
         return path
 
@@ -172,7 +220,7 @@ class EmotionVectors:
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         except Exception as e:  # safetensors raises several types for bad bytes
             raise VectorFileError(f"{path} is not a readable safetensors file: {e}") from e
         if header.get("format") != FORMAT or "emoexp" not in header:
@@ -184,6 +232,8 @@ class EmotionVectors:
             meta = json.loads(header["emoexp"])
         except json.JSONDecodeError as e:
             raise VectorFileError(f"{path}: metadata is not valid JSON ({e})") from e
+        if not isinstance(meta, dict):
+            raise VectorFileError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
         try:
             return cls(tensors, meta)
         except ValueError as e:

@@ -7,16 +7,16 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MLFLOW_DISABLE_TELEMETRY=true
 E=".venv/bin/emoexp sweep --config configs/ablation/base.yaml --evs_dir outputs/ablation/evs"
 # 1. conditioning strategy used to elicit the emotional responses (site attn, all layers)
-$E --out_dir outputs/ablation/conditioning --grid "conditioning=[system, user, prefill]"
+$E --sweep_dir outputs/ablation/conditioning --grid "conditioning=[system, user, prefill]"
 # 2. site and layers (raw alpha grids differ per site: their scales differ)
-$E --out_dir outputs/ablation/site-mlp --grid "extract.site=[mlp]" --grid "generate.alphas=[[0, 1, 2, 4]]"
-$E --out_dir outputs/ablation/site-residual --grid "extract.site=[residual]" \
+$E --sweep_dir outputs/ablation/site-mlp --grid "extract.site=[mlp]" --grid "generate.alphas=[[0, 1, 2, 4]]"
+$E --sweep_dir outputs/ablation/site-residual --grid "extract.site=[residual]" \
    --grid "generate.layers=[null, [8, 9, 10, 11, 12, 13, 14, 15], [12]]" --grid "generate.alphas=[[0, 0.25, 0.5, 1, 2, 4]]"
-$E --out_dir outputs/ablation/attn-layers --grid "generate.layers=[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]]" \
+$E --sweep_dir outputs/ablation/attn-layers --grid "generate.layers=[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]]" \
    --grid "generate.alphas=[[0, 1, 2, 4, 6]]"
 # 3. token scope of the captured activations
-$E --out_dir outputs/ablation/scope --grid "extract.scope=[all, last]"
+$E --sweep_dir outputs/ablation/scope --grid "extract.scope=[all, last]"
 # 4. alpha in relative-dose units (attn, all layers)
-$E --out_dir outputs/ablation/dose --grid "generate.alpha_unit=[dose]" --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.4]]"
+$E --sweep_dir outputs/ablation/dose --grid "generate.alpha_unit=[dose]" --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.4]]"
 # 5. positions: the authors' generated-positions edit
-$E --out_dir outputs/ablation/positions --grid "generate.positions=[generated]"
+$E --sweep_dir outputs/ablation/positions --grid "generate.positions=[generated]"

@@ -10,6 +10,7 @@ Run: .venv/bin/python scripts/ablation_report.py
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -19,13 +20,15 @@ BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     frames = []
     for csv in sorted((ROOT / "outputs" / "ablation").glob("*/sweep.csv")):
         df = pd.read_csv(csv)
         if df.empty:
             continue
         axes = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain",
-                                                   "within_limits", "topic_ratio", "rep_ratio", "beats_prompt"}]
+                                                   "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
+                                                   "folder"}]
         df["point"] = df[axes].astype(str).apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
         df["sweep"] = csv.parent.name
         frames.append(df)

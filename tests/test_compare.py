@@ -63,7 +63,15 @@ def test_cli_table_every_cell_matches_the_logged_metrics(logged: dict[str, Any],
             assert f"{want:.3f}" in md
     assert {f"compare_{m}.png" for m in METRICS} <= {p.name for p in tmp_path.iterdir()}
     out = capsys.readouterr().out
-    assert "### p_joy" in out and "| tiny/c |" in out and "joy α=2" in out
+    assert "### p_target" in out and "### topic" in out
+    # the terminal table: one row per (model, target), columns unsteered, prompt and each alpha
+    line = next(x for x in out.splitlines() if x.startswith("| tiny/c ") and "| joy " in x)
+    agg = logged["aggregates"]["tiny/c"]
+    cells = [float(c) for c in line.strip("| ").split("|")[2:]]
+    want = [_expected(agg, c) for c in ("p_joy@unsteered", "p_joy[joy]@prompt", "p_joy[joy]@0", "p_joy[joy]@1",
+                                        "p_joy[joy]@2")]
+    assert cells == pytest.approx(want, abs=6e-4)
+    assert max(len(x) for x in out.splitlines()) < 120  # readable in a terminal
 
 
 def test_one_target_and_metric_subset(logged: dict[str, Any]) -> None:

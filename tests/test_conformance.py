@@ -100,9 +100,8 @@ def test_zero_direction_is_bit_identical_and_model_restored(tiny):
         for positions in ("all", "generated"):
             with steer(tiny, torch.zeros(n, h), site=site, positions=positions):
                 assert torch.equal(tiny(ids).logits, base)
-    with pytest.raises(RuntimeError, match="boom"):
-        with steer(tiny, torch.ones(n, h), site="residual"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny, torch.ones(n, h), site="residual"):
+        raise RuntimeError("boom")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny.modules())
     assert torch.equal(tiny(ids).logits, base)
     assert all(torch.equal(v, state[k]) for k, v in tiny.state_dict().items())
@@ -113,8 +112,8 @@ def test_cached_equals_uncached_greedy_under_steering(tiny, positions):
     ids = _ids(t=6)
     n, h = len(find_layers(tiny)), _hidden_size(tiny)
     d = torch.randn(n, h, generator=torch.Generator().manual_seed(3)) * 2.0
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
-              return_dict_in_generate=True, output_scores=True)
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "eos_token_id": None,
+              "return_dict_in_generate": True, "output_scores": True}
     plain = tiny.generate(ids, attention_mask=torch.ones_like(ids), **kw)
     runs = {}
     for use_cache in (True, False):
@@ -211,9 +210,7 @@ def test_per_row_directions_equal_rows_alone(tiny, positions, site):
         assert (batch_logits[i] - plain[i]).abs().max() > 1e-4
         # the row's dose counts its own real tokens only, not the batch's left padding
         assert abs(doses[i] - one.row_doses()[0]) <= 1e-4 * one.row_doses()[0]
-    with pytest.raises(RuntimeError, match="directions for 3 rows"):
-        with steer(tiny, per_row, per_row=True):
-            tiny(ids[:2])
-    with pytest.raises(ValueError, match=r"\[batch, num_layers, hidden_size\]"):
-        with steer(tiny, per_row[0], per_row=True):
-            pass
+    with pytest.raises(RuntimeError, match="directions for 3 rows"), steer(tiny, per_row, per_row=True):
+        tiny(ids[:2])
+    with pytest.raises(ValueError, match=r"\[batch, num_layers, hidden_size\]"), steer(tiny, per_row[0], per_row=True):
+        pass

@@ -39,8 +39,8 @@ def jsonl(tmp_path) -> Path:
 
 def test_evaluate_jsonl_writes_rows_aggregates_and_meta(jsonl, tmp_path):
     out = tmp_path / "out" / "scores.jsonl"
-    rc = cli(["evaluate", str(jsonl), "--out", str(out), "--ppl-model", "tiny-random-llama", "--n-boot", "50",
-              "--no-progress"])
+    rc = cli(["evaluate", str(jsonl), "--out", str(out), "--ppl_model", "tiny-random-llama", "--n_boot", "50",
+              "--progress", "false"])
     assert rc == 0
     df = pd.read_json(out, lines=True)
     assert len(df) == 4 and df["response"].tolist()[1].startswith("Amazing")
@@ -60,8 +60,8 @@ def test_evaluate_jsonl_writes_rows_aggregates_and_meta(jsonl, tmp_path):
 
 def test_evaluate_csv_output_and_metric_subset(jsonl, tmp_path):
     out = tmp_path / "scores.csv"
-    assert cli(["evaluate", str(jsonl), "--out", str(out), "--metrics", "repetition", "--no-progress",
-                "--n-boot", "20"]) == 0
+    assert cli(["evaluate", str(jsonl), "--out", str(out), "--metrics", "repetition", "--progress", "false",
+                "--n_boot", "20"]) == 0
     df = pd.read_csv(out)
     assert "repetition" in df and "p_joy" not in df and len(df) == 4
 
@@ -121,7 +121,7 @@ def test_evaluate_official_layout_cli(tmp_path):
     root = make_official(tmp_path / "data")
     out = tmp_path / "o" / "s.jsonl"
     assert cli(["evaluate", str(root / "results"), "--out", str(out), "--metrics", "eps,tec,topic,repetition",
-                "--by", "model,target,alpha", "--no-progress", "--n-boot", "20"]) == 0
+                "--by", "model,target,alpha", "--progress", "false", "--n_boot", "20"]) == 0
     df = pd.read_json(out, lines=True)
     assert len(df) == 9 and df["tec"].notna().sum() == 2  # joy rows with text; base has no single target
     agg = pd.read_csv(tmp_path / "o" / "s.aggregate.csv")
@@ -137,7 +137,7 @@ def test_unreachable_judge_keeps_finished_scores(jsonl, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOEXP_JUDGE_API_KEY", "sk-SECRET-KEY-42")
     out = tmp_path / "scores.jsonl"
     rc = cli(["evaluate", str(jsonl), "--out", str(out), "--metrics", "repetition,eas", "--eas", "judge",
-              "--judge-retries", "0", "--judge-timeout", "1", "--no-progress", "--n-boot", "20"])
+              "--judge_retries", "0", "--judge_timeout", "1", "--progress", "false", "--n_boot", "20"])
     assert rc == 1
     df = pd.read_json(out, lines=True)
     assert df["repetition"].notna().sum() == 3 and df["eas_joy"].isna().all()
@@ -164,6 +164,6 @@ def test_real_official_layout_aligns_with_emotionquery():
 def test_bad_input_exits_2_with_a_message(jsonl, tmp_path, capsys):
     p = tmp_path / "no_targets.jsonl"
     p.write_text(json.dumps(gen_row()) + "\n")
-    assert cli(["evaluate", str(p), "--out", str(tmp_path / "x.jsonl"), "--metrics", "tec", "--no-progress"]) == 2
+    assert cli(["evaluate", str(p), "--out", str(tmp_path / "x.jsonl"), "--metrics", "tec", "--progress", "false"]) == 2
     assert "needs targets" in capsys.readouterr().err
     assert cli(["evaluate", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.jsonl")]) == 2

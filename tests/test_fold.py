@@ -24,9 +24,8 @@ def test_fold_equals_hooks_or_refuses(tiny, site):
         expected = tiny(ids).logits
         expected_gen = tiny.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
     if tiny.config.model_type == "gemma2" and site == "residual":
-        with pytest.raises(NotFoldable, match="use steer"):
-            with fold_into_bias(tiny, d, site=site):
-                pass
+        with pytest.raises(NotFoldable, match="use steer"), fold_into_bias(tiny, d, site=site):
+            pass
     else:
         with fold_into_bias(tiny, d, site=site):
             assert (tiny(ids).logits - expected).abs().max() <= 1e-4
@@ -50,9 +49,8 @@ def test_folded_model_steers_under_torch_compile():
         got = compiled(ids).logits
     assert (got - expected).abs().max() <= 1e-4 and (got - base).abs().max() > 1e-3
     # hooks added after compiling would be ignored silently: steer() refuses instead
-    with pytest.raises(RuntimeError, match="torch.compile"):
-        with steer(compiled, d):
-            pass
+    with pytest.raises(RuntimeError, match="torch.compile"), steer(compiled, d):
+        pass
 
 
 def test_bias_slots_rewrite_in_place_and_follow_every_direction():

@@ -23,7 +23,7 @@ def joy_ev(smollm2):
     cond = Conditioning(strategy="prefill")
     items = extraction_items(load_queries("emotionquery", limit=4, emotions=["joy"]), ["joy"])
     texts = [render_prompt(tok, it.query.query, "joy" if it.condition == "emotional" else None, cond) for it in items]
-    sums, rows = extract_batch(model, tok, items, encode_prompts(tok, texts), site="attn", scope="response",
+    sums, _rows = extract_batch(model, tok, items, encode_prompts(tok, texts), site="attn", scope="response",
                                max_new_tokens=24)
     acc = Accumulator.empty(items, 30, 576)
     for k, s in sums.items():

@@ -7,25 +7,22 @@ import http.server
 import multiprocessing as mp
 import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from conftest import MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from emoexp import EmotionVectors
 from emoexp.plots import save_all_plots
 from emoexp.tracking import TrackingError, check_store, load_children, log_study, tracking_uri
-from emoexp.tracking_meta import config_hash, is_secret_key, redact
+from emoexp.tracking.meta import config_hash, is_secret_key, redact
 
 EMOTIONS = ("anger", "joy", "sadness")
 TARGETS = ("anger", "joy")
@@ -77,46 +74,19 @@ def make_study(root: Path, model_id: str, seed: int, alphas: tuple[float, ...] =
             "generations": pd.DataFrame(rows), "aggregate": pd.DataFrame(agg), "datasets": datasets}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Two model families logged to an SQLite store, and a real ``mlflow server`` over it on
-    loopback (started first so that it boots while the studies are logged; killed at teardown)."""
+    """Two model families logged to an SQLite store, then read through a real ``mlflow server``
+    process over that store (killed at teardown)."""
     root = tmp_path_factory.mktemp("store")
-    uri = check_store(tracking_uri(root))  # the schema exists before the server opens the file
-    port = _free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
-           "--artifacts-destination", str(root / "mlruns" / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = check_store(tracking_uri(root))
+    a, b = make_study(root, "tiny/a", 1), make_study(root, "tiny/b", 2)
+    ids = {"tiny/a": log_study(**a, uri=uri), "tiny/b": log_study(**b, uri=uri)}
+    server = MlflowServer(root)
     try:
-        a, b = make_study(root, "tiny/a", 1), make_study(root, "tiny/b", 2)
-        ids = {"tiny/a": log_study(**a, uri=uri), "tiny/b": log_study(**b, uri=uri)}
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-                time.sleep(0.25)
-        else:
-            pytest.fail("mlflow server did not answer /health in 60 s")
-        yield {"root": root, "uri": uri, "server": url, "studies": {"tiny/a": a, "tiny/b": b}, "parents": ids}
+        yield {"root": root, "uri": uri, "server": server.url, "studies": {"tiny/a": a, "tiny/b": b}, "parents": ids}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(1)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +157,7 @@ def test_ev_artifact_and_plots_load_back(study: dict[str, Any], server: str, tmp
     assert all(torch.equal(got[e], want[e]) for e in want.emotions)
     plots = {Path(f.path).name for f in client.list_artifacts(pid, "plots")}
     assert {"ev_norms.png", "ev_cosine.png", "ev_split_half.png"} <= plots
-    assert {f"alpha_sweep_{m}.png" for m in METRICS} <= plots
+    assert {"alpha_sweep_p_target.png", "alpha_sweep_intensity.png", "alpha_sweep_topic.png"} <= plots
     top = {f.path for f in client.list_artifacts(pid)}
     assert {"config.json", "provenance.json", "aggregate.json"} <= top
 
@@ -255,7 +225,7 @@ def test_four_processes_one_store_lose_nothing(tmp_path: Path) -> None:
 
 def test_unreachable_or_foreign_server_fails_fast(tmp_path: Path, server: str) -> None:
     assert check_store(server) == server
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens
     t = time.time()
     with pytest.raises(TrackingError, match="unreachable"):
         check_store(uri, timeout=2)
@@ -339,5 +309,5 @@ def test_save_all_plots(study: dict[str, Any], tmp_path: Path) -> None:
     s = study["studies"]["tiny/a"]
     paths = save_all_plots(s["ev_path"], s["aggregate"], tmp_path / "plots")
     names = {p.name for p in paths}
-    assert {"ev_norms.png", "ev_cosine.png", "ev_split_half.png"} | {f"alpha_sweep_{m}.png" for m in METRICS} == names
+    assert {"ev_norms.png", "ev_cosine.png", "ev_split_half.png"} | {f"alpha_sweep_{m}.png" for m in ("p_target", "intensity", "topic")} == names
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

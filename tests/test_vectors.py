@@ -29,7 +29,7 @@ def test_save_load_roundtrip_one_file_one_tensor_per_emotion(tmp_path):
     path = evs.save(tmp_path / "evs.safetensors")
     with safe_open(str(path), framework="pt") as f:
         assert sorted(f.keys()) == ["anger", "joy", "sadness"]
-        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())  # noqa: SIM118 - not a dict
         meta = json.loads(f.metadata()["emoexp"])
     assert meta["site"] == "residual" and meta["model_id"] == "tiny"
     assert len(meta["per_layer_norms"]["joy"]) == 3 and "torch" in meta["library_versions"]
@@ -100,23 +100,18 @@ def test_import_official_bad_json(tmp_path):
 def test_steer_bad_input_raises_before_work():
     model = make_tiny("llama")
     n, h = len(find_layers(model)), model.config.hidden_size
-    with pytest.raises(ValueError, match=f"hidden size {h + 1}.*hidden size is {h}"):
-        with steer(model, torch.zeros(n, h + 1)):
-            pass
-    with pytest.raises(IndexError, match="out of range.*2 layers"):
-        with steer(model, torch.zeros(n, h), layers=[2]):
-            pass
-    with pytest.raises(ValueError, match="residual, attn, mlp"):
-        with steer(model, torch.zeros(n, h), site="ffn"):
-            pass
-    with pytest.raises(ValueError, match="all, generated"):
-        with steer(model, torch.zeros(n, h), positions="last"):
-            pass
+    with pytest.raises(ValueError, match=f"hidden size {h + 1}.*hidden size is {h}"), steer(model, torch.zeros(n, h + 1)):
+        pass
+    with pytest.raises(IndexError, match="out of range.*2 layers"), steer(model, torch.zeros(n, h), layers=[2]):
+        pass
+    with pytest.raises(ValueError, match="residual, attn, mlp"), steer(model, torch.zeros(n, h), site="ffn"):
+        pass
+    with pytest.raises(ValueError, match="all, generated"), steer(model, torch.zeros(n, h), positions="last"):
+        pass
     nan = torch.zeros(n, h)
     nan[1, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        with steer(model, nan):
-            pass
+    with pytest.raises(ValueError, match="NaN or inf"), steer(model, nan):
+        pass
     with pytest.raises(LayerDiscoveryError, match="model.layers: 2 x LlamaDecoderLayer"):
         find_layers(model, layers_path="model.nope")
     assert all(not m._forward_hooks for m in model.modules())
@@ -134,6 +129,5 @@ def test_negative_layers_and_compiled_model_refused():
     with steer(model, torch.zeros(n, h), layers=[-1]) as s:
         assert s.layers == [1]
     compiled = torch.compile(model)
-    with pytest.raises(RuntimeError, match="torch.compile"):
-        with steer(compiled, torch.zeros(n, h)):
-            pass
+    with pytest.raises(RuntimeError, match="torch.compile"), steer(compiled, torch.zeros(n, h)):
+        pass

@@ -15,23 +15,24 @@ Outputs, next to ``--out`` (``.jsonl`` or ``.csv``): the scored rows, then
 unreachable, everything finished is still written and the command exits with status 1.
 
 Example:
-    emoexp evaluate data/official/results --out runs/official/scores.jsonl --metrics eps,topic
+    emoexp evaluate ../shared/data/official/results --out outputs/official/scores.jsonl --metrics eps,topic
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
-from ..vectors import EMOTIONS
+from ..vocab import EMOTIONS, Metric
 
-__all__ = ["add_arguments", "main", "read_generations", "read_jsonl", "read_official", "strip_special"]
+__all__ = ["Args", "main", "read_generations", "read_jsonl", "read_official", "strip_special"]
 
 _SPECIAL = re.compile(r"<bos>|<eos>|<pad>|<start_of_turn>(?:model|user)?|<end_of_turn>|<\|[a-z_]{2,30}\|>")
 _COLUMNS = ("id", "index", "query", "query_emotion", "condition", "target", "weights", "alpha", "site", "model",
@@ -128,38 +129,59 @@ def read_generations(path: str | Path, queries: str | Path | None = None) -> lis
     raise ValueError(f"{p}: expected a generation .jsonl file or the authors' results folder")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``emoexp evaluate`` options."""
-    parser.add_argument("inputs", nargs="+", help="generation .jsonl files and/or the authors' results folder")
-    parser.add_argument("--out", required=True, help="scored rows (.jsonl or .csv); aggregates go next to it")
-    parser.add_argument("--queries", help="EmotionQuery+.json for the authors' layout")
-    parser.add_argument("--metrics", help="comma list of eps,tec,topic,perplexity,repetition,eas (default: all "
-                                          "that inputs and backends allow)")
-    parser.add_argument("--backend", default="offline", choices=["offline", "paper"], help="backend preset")
-    parser.add_argument("--eps", help="EPS backend: minilm | embed:<encoder> | nli:<model>")
-    parser.add_argument("--topic", help="topic backend: minilm | embed:<encoder> | judge | hf:<model>")
-    parser.add_argument("--eas", help="EAS judge: judge | hf:<model> (none offline)")
-    parser.add_argument("--ppl-model", help="perplexity reference LM spec, or 'studied' for each row's model")
-    parser.add_argument("--judge-url", help="judge base URL (default $EMOEXP_JUDGE_BASE_URL); the key is read "
-                                            "from $EMOEXP_JUDGE_API_KEY only")
-    parser.add_argument("--judge-model", help="judge model (default $EMOEXP_JUDGE_MODEL)")
-    parser.add_argument("--judge-timeout", type=float, default=60.0)
-    parser.add_argument("--judge-retries", type=int, default=3)
-    parser.add_argument("--by", default="model,condition,target,alpha", help="aggregate group columns")
-    parser.add_argument("--limit", type=int, help="score only the first N rows of each input (smoke runs)")
-    parser.add_argument("--max-length", type=int, help="perplexity context cap in tokens")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+@dataclass
+class Args:
+    """``emoexp evaluate``: score generation files (ours or the authors' layout)."""
+
+    inputs: list[str] = field(default_factory=list, metadata={
+        "positional": "+", "help": "generation .jsonl files and/or the authors' results folder"})
+    out: str | None = None
+    """Scored rows (.jsonl or .csv), aggregates next to it (default: <input>.scores.jsonl beside a file input,
+    outputs/evaluate/<folder>.scores.jsonl for a results folder)."""
+    queries: str | None = None
+    """EmotionQuery+.json for the authors' layout (default: found beside their results)."""
+    metrics: list[Metric] | None = None
+    """Metrics (default: all that the inputs and backends allow)."""
+    backend: Literal["offline", "paper"] = "offline"
+    """Backend preset."""
+    eps: str | None = None
+    """EPS backend: minilm | embed:<encoder> | nli:<model>."""
+    topic: str | None = None
+    """Topic backend: minilm | embed:<encoder> | judge | hf:<model>."""
+    eas: str | None = None
+    """EAS judge: judge | hf:<model> (none offline)."""
+    ppl_model: str | None = None
+    """Perplexity reference model spec, or 'studied' for each row's own model."""
+    judge_url: str | None = None
+    """Judge base URL (default $EMOEXP_JUDGE_BASE_URL); the key is read from $EMOEXP_JUDGE_API_KEY only."""
+    judge_model: str | None = None
+    """Judge model (default $EMOEXP_JUDGE_MODEL)."""
+    judge_timeout: PositiveFloat = 60.0
+    """Seconds per judge request."""
+    judge_retries: NonNegativeInt = 3
+    """Retries of a failed judge request."""
+    by: list[str] = field(default_factory=lambda: ["model", "condition", "target", "alpha"])
+    """Aggregate group columns."""
+    limit: PositiveInt | None = None
+    """Score only the first N rows of each input (smoke runs)."""
+    max_length: PositiveInt | None = None
+    """Perplexity context cap in tokens."""
+    batch_size: PositiveInt = 8
+    """Perplexity batch size."""
+    n_boot: PositiveInt = 1000
+    """Bootstrap resamples of the confidence intervals."""
+    seed: NonNegativeInt = 0
+    """Bootstrap seed."""
+    progress: bool = True
+    """Show progress bars."""
 
 
-def _backend(args: argparse.Namespace, metrics: list[str] | None) -> dict[str, Any]:
+def _backend(args: Args, metrics: list[str] | None) -> dict[str, Any]:
     from ..backends import Backends
     from ..judge import JudgeConfig
 
     over: dict[str, Any] = {"preset": args.backend, "batch_size": args.batch_size, "max_length": args.max_length,
-                            "progress": not args.no_progress}
+                            "progress": args.progress}
     for key in ("eps", "topic", "eas"):
         if getattr(args, key):
             over[key] = getattr(args, key)
@@ -174,7 +196,7 @@ def _backend(args: argparse.Namespace, metrics: list[str] | None) -> dict[str, A
     return over
 
 
-def _write(df: pd.DataFrame, out: Path, args: argparse.Namespace, meta: dict[str, Any]) -> None:
+def _write(df: pd.DataFrame, out: Path, args: Args, meta: dict[str, Any]) -> None:
     from ..aggregate import aggregate, to_markdown
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +204,7 @@ def _write(df: pd.DataFrame, out: Path, args: argparse.Namespace, meta: dict[str
         df.to_csv(out, index=False)
     else:
         df.to_json(out, orient="records", lines=True, force_ascii=False)
-    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    by = list(args.by)
     agg = aggregate(df, by=by, n_boot=args.n_boot, seed=args.seed)
     stem = out.with_suffix("")
     agg.to_csv(f"{stem}.aggregate.csv", index=False)
@@ -193,7 +215,7 @@ def _write(df: pd.DataFrame, out: Path, args: argparse.Namespace, meta: dict[str
     Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: Args) -> int:
     """Run ``emoexp evaluate``; returns the exit status (1: the judge stopped answering, 2: bad input)."""
     from ..judge import JudgeError
 
@@ -204,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Args) -> int:
     from ..scoring import ScoringInterrupted, resolve_target, score
 
     rows: list[dict[str, Any]] = []
@@ -214,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     if not rows:
         print("emoexp evaluate: no rows to score", file=sys.stderr)
         return 2
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    metrics = list(args.metrics) if args.metrics else None
     over = _backend(args, metrics)
     # A mix's weights name its target more precisely than its name.
     targets = [r["weights"] if isinstance(r.get("weights"), dict) else r.get("target") for r in rows]
@@ -224,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     groups: dict[Any, list[int]] = {}
     for i, r in enumerate(rows):
         if per_model and not r.get("model"):
-            raise ValueError(f"--ppl-model studied: row {i} of {r.get('source')} has no 'model' field")
+            raise ValueError(f"--ppl_model studied: row {i} of {r.get('source')} has no 'model' field")
         groups.setdefault(r.get("model") if per_model else None, []).append(i)
     frames: list[pd.DataFrame] = []
     meta: dict[str, Any] = {"inputs": list(args.inputs), "rows": len(rows), "backends": {}, "truncated": {},
@@ -251,7 +273,9 @@ def _run(args: argparse.Namespace) -> int:
     df = pd.concat([base, scores], axis=1)
     df["issues"] = df["issues"].fillna("not scored: stopped after the judge failed")
     meta["rows_with_issues"] = int((df["issues"] != "").sum())
-    out = Path(args.out)
+    first = Path(args.inputs[0])
+    out = Path(args.out) if args.out else (first.with_name(first.stem + ".scores.jsonl") if first.is_file()
+                                           else Path("outputs") / "evaluate" / f"{first.name}.scores.jsonl")
     _write(df, out, args, meta)
     print(f"wrote {out} ({len(df)} rows), {out.with_suffix('')}.aggregate.md/.csv, .meta.json", file=sys.stderr)
     return status

@@ -2,11 +2,13 @@
 
 The grid is: one ``unsteered`` pass, one ``prompt`` baseline pass per single-emotion target
 (the emotional instruction in the prompt, no steering), and one ``steered`` pass per
-(target, alpha). Batches (left-padded, length-sorted) pool the (entry, query) cells of all
-entries, each row steered by its own direction (``steer(per_row=True)``), so batches are full
-however short the query list; they are numbered globally and dealt to ranks; each rank appends
-its rows to its own JSONL shard, flushed per batch; rank 0 merges them in grid and dataset
-order and checks there are no gaps.
+(target, alpha). :func:`prepare` checks everything before a model loads: the vectors against
+the model (layers and hidden size always; the model they were extracted from unless
+``allow_foreign_vectors``), the targets against the vectors, the layers against the model,
+every prompt against the context. Batches (left-padded, length-sorted) pool the (entry, query)
+cells of all entries, each row steered by its own direction (``steer(per_row=True)``); they
+are numbered globally and dealt to ranks; each rank appends its rows to its own JSONL shard,
+flushed per batch; rank 0 merges them in grid and dataset order and checks there are no gaps.
 Steered rows at alpha = 0 are the unsteered rows (a zero direction is bit-identical), reused
 rather than recomputed.
 
@@ -21,22 +23,22 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, GenerateConfig, add_dataclass_arguments, config_from_args, fingerprint, parse_target
+from ..config import ConfigError, GenerateConfig, fingerprint, parse_target
+from ..redact import log
 
-__all__ = ["add_arguments", "generate", "grid", "main"]
+__all__ = ["Args", "GenerateJob", "check_vectors", "generate", "grid", "main", "prepare"]
+
+Args = GenerateConfig
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, GenerateConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    generate(config_from_args(GenerateConfig, args))
+def main(cfg: GenerateConfig) -> int:
+    generate(cfg)
     return 0
 
 
@@ -56,69 +58,151 @@ def grid(cfg: GenerateConfig) -> list[dict[str, Any]]:
     return entries
 
 
+def check_vectors(evs: Any, info: Any, cfg: GenerateConfig, path: str | Path) -> None:
+    """Refuse vectors that cannot steer this model, before its weights load.
+
+    Raises:
+        VectorMismatch: other layers or hidden size; extracted from another model (unless
+            ``allow_foreign_vectors``).
+        ConfigError: a target names an emotion the file lacks.
+    """
+    from ..vectors import check_compatible
+
+    check_compatible(evs, info, allow_foreign=cfg.allow_foreign_vectors, path=path)
+    for t in cfg.targets:
+        try:
+            evs.combine(parse_target(t))
+        except KeyError as err:
+            raise ConfigError(f"--targets: {t!r}: {err.args[0]} in {path}") from None
+
+
+@dataclass
+class GenerateJob:
+    """A generation grid ready to run (vectors attached with :meth:`with_vectors`)."""
+
+    cfg: GenerateConfig
+    info: Any  # ModelInfo
+    tok: Any
+    queries: list[Any]
+    entries: list[dict[str, Any]]
+    prompts: dict[tuple[str, str | None], list[list[int]]]
+    data_fingerprint: str
+    out: Path | None = None
+    evs: Any = None
+    vectors: Path | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def prompts_for(self, entry: dict[str, Any]) -> list[list[int]]:
+        return self.prompts[_prompt_key(entry)]
+
+    @property
+    def site(self) -> str:
+        return self.cfg.site or (self.evs.metadata.get("site", "residual") if self.evs is not None else "residual")
+
+    def with_vectors(self, path: str | Path | None, out: str | Path | None = None) -> GenerateJob:
+        """Load and check the vectors (when the grid steers), then fix the identity and output."""
+        from ..vectors import EmotionVectors
+
+        inputs = {"data": self.data_fingerprint, "model": self.info.fingerprint}
+        if "steered" in self.cfg.conditions:
+            if path is None:
+                raise ConfigError("--vectors: the steered condition needs an EV file")
+            self.evs, self.vectors = EmotionVectors.load(path), Path(path)
+            check_vectors(self.evs, self.info, self.cfg, path)
+            inputs["vectors"] = self.evs.fingerprint()
+        self.identity = fingerprint(self.cfg, inputs)
+        self.out = Path(out or self.cfg.out or default_out(self.cfg.model, self.identity))
+        return self
+
+
+def _prompt_key(entry: dict[str, Any]) -> tuple[str, str | None]:
+    return ("prompt", entry["target"]) if entry["condition"] == "prompt" else ("plain", None)
+
+
+def prepare(cfg: GenerateConfig, *, info: Any = None, tok: Any = None, attach: bool = True) -> GenerateJob:
+    """Everything before the weights: model shape, queries, every prompt (checked against the
+    context), layers, and (with ``attach``) the vectors and the identity."""
+    from ..datasets import dataset_fingerprint, load_queries
+    from ..models import inspect_model, load_tokenizer
+    from ..prompts import Conditioning, check_lengths, encode_prompts, generation_prompt
+
+    info = info or inspect_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.layers is not None:
+        bad = [layer for layer in cfg.layers if not -info.num_layers <= layer < info.num_layers]
+        if bad:
+            raise ConfigError(f"--layers: {bad[0]} is out of range: {info.spec} has {info.num_layers} layers "
+                              f"(0..{info.num_layers - 1}, or negative from the end)")
+    queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed)
+    tok = tok or load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    cond = Conditioning(strategy=cfg.conditioning, prompt_format=cfg.prompt_format)
+    entries = grid(cfg)
+    prompts: dict[tuple[str, str | None], list[list[int]]] = {}
+    for entry in entries:
+        key = _prompt_key(entry)
+        if key not in prompts:
+            emotion = next(iter(parse_target(entry["target"]))) if key[0] == "prompt" else None
+            texts = [generation_prompt(tok, q.query, entry["condition"], emotion, cond) for q in queries]
+            prompts[key] = encode_prompts(tok, texts, cond)
+            check_lengths(prompts[key], [q.id for q in queries], info.context, cfg.max_new_tokens,
+                          cfg.max_prompt_tokens)
+    job = GenerateJob(cfg, info, tok, queries, entries, prompts, dataset_fingerprint(queries))
+    return job.with_vectors(cfg.vectors) if attach else job
+
+
+def default_out(model: str, identity: dict[str, Any]) -> Path:
+    """``outputs/generate/<model>-<identity>/generations.jsonl``."""
+    from .run import slug
+
+    return Path("outputs") / "generate" / f"{slug(model)}-{identity['sha'][:10]}" / "generations.jsonl"
+
+
 def generate(cfg: GenerateConfig) -> Path:
     """Run the grid for ``cfg`` (launching ``devices`` processes); returns the merged JSONL."""
-    from ..runtime import check_resources, make_fabric
-    from ..vectors import EmotionVectors
-    from ..workdir import WorkDir
+    import contextlib
 
-    check_resources(cfg, outputs=[cfg.out])
-    if "steered" in cfg.conditions:  # a missing or corrupt file, or a target it lacks, fails before any model loads
-        evs = EmotionVectors.load(cfg.vectors)
-        for t in cfg.targets:
-            try:
-                evs.combine(parse_target(t))
-            except KeyError as err:
-                raise ConfigError(f"target {t!r}: {err.args[0]} in {cfg.vectors}") from None
-    WorkDir(cfg.out).claim(fingerprint(cfg))
-    fabric = make_fabric(cfg)
-    fabric.launch(_launched, cfg)
-    return Path(cfg.out)
+    from ..runtime import check_resources, is_rank_zero, make_fabric
+    from ..workdir import WorkDir, exclusive
+
+    check_resources(cfg)
+    job = prepare(cfg)
+    assert job.out is not None
+    check_resources(cfg, outputs=[job.out])
+    wd = WorkDir(job.out)
+    with exclusive(wd.path, what="output") if is_rank_zero() else contextlib.nullcontext():
+        state = wd.claim(job.identity)
+        if state == "complete":
+            log(f"{job.out} is complete for this config and these inputs: nothing to do")
+            return job.out
+        n = len(job.entries) * len(job.queries)
+        log(f"generate: {len(job.entries)} grid entries x {len(job.queries)} queries = {n} responses of up to "
+            f"{cfg.max_new_tokens} tokens, batch {cfg.batch_size} -> {job.out}"
+            + (" (resuming)" if state == "resume" else ""))
+        fabric = make_fabric(cfg)
+        fabric.launch(_launched, job)
+    return job.out
 
 
-def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = None) -> None:
-    """One rank's work; ``loaded`` is an already loaded ``(model, tokenizer)`` (from ``emoexp run``)."""
+def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int, int], None] | None = None) -> None:
+    """One rank's share of the grid with ``model`` already on its device (resumes saved batches)."""
     from tqdm.auto import tqdm
 
-    from ..datasets import load_queries
     from ..fold import BiasSlots
     from ..generation import compile_options
     from ..generation import generate as gen
-    from ..models import describe, load_model
-    from ..prompts import Conditioning, encode_prompts, generation_prompt
-    from ..runtime import Preemption, model_dtype, my_batches
+    from ..models import describe
+    from ..runtime import Preemption, my_batches
     from ..steering import steer
-    from ..vectors import EmotionVectors
     from ..workdir import WorkDir
 
+    assert job.out is not None
+    cfg, entries, queries, evs = job.cfg, job.entries, job.queries, job.evs
     rank, world = fabric.global_rank, fabric.world_size
     preempt = Preemption()
-    wd = WorkDir(cfg.out)
-    wd.claim(fingerprint(cfg))
-    queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed)
-    if loaded is None:
-        model, tok = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-        model.to(device=fabric.device, dtype=model_dtype(cfg))
-    else:
-        model, tok = loaded
-    info = describe(model, tok, cfg.model, cfg.revision)
-    evs = EmotionVectors.load(cfg.vectors) if "steered" in cfg.conditions else None
-    site = cfg.site or (evs.metadata.get("site", "residual") if evs else "residual")
-    cond = Conditioning(strategy=cfg.conditioning)
-    entries = grid(cfg)
-
-    prompt_cache: dict[tuple[str, str | None], list[list[int]]] = {}
-
-    def prompts_for(entry: dict[str, Any]) -> list[list[int]]:
-        kind = "prompt" if entry["condition"] == "prompt" else "plain"
-        key = (kind, entry["target"] if kind == "prompt" else None)
-        if key not in prompt_cache:
-            emotion = next(iter(parse_target(entry["target"]))) if kind == "prompt" else None
-            texts = [generation_prompt(tok, q.query, entry["condition"], emotion, cond) for q in queries]
-            prompt_cache[key] = encode_prompts(tok, texts)
-        return prompt_cache[key]
-
-    jobs = _jobs(entries, len(queries), prompts_for, cfg)
+    wd = WorkDir(job.out)
+    wd.claim(job.identity)
+    info = describe(model, job.tok, cfg.model, cfg.revision, job.info)
+    site = job.site
+    jobs = _jobs(entries, len(queries), job.prompts_for, cfg)
     done = wd.done_batches([len(j) for j in jobs])
     mine = my_batches(len(jobs), rank, world)
 
@@ -130,8 +214,9 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     slots = opts = None
     if cfg.compile is not None:  # fast path: steering lives in biases set in place; the compiled step never changes
         slots = BiasSlots(model, site=site, layers=cfg.layers, layers_path=cfg.layers_path)
-    bar = tqdm(total=len(mine), initial=sum(b in done for b in mine), disable=rank != 0,
-               desc=f"generate ({world} proc)", unit="batch")
+    rows_total = sum(len(jobs[b]) for b in mine)
+    bar = tqdm(total=rows_total, initial=sum(len(jobs[b]) for b in mine if b in done), disable=rank != 0,
+               desc=f"generate ({world} proc)", unit="resp", dynamic_ncols=True)
     try:
         if slots is not None:
             opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
@@ -142,25 +227,27 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
             if b in done:
                 continue
             cells = jobs[b]
-            batch_prompts = [prompts_for(entries[e])[i] for e, i in cells]
+            batch_prompts = [job.prompts_for(entries[e])[i] for e, i in cells]
             steered = [entries[e]["condition"] == "steered" for e, _ in cells]
             doses: list[float | None] = [None] * len(cells)
             if slots is not None:  # one entry per batch on this path
                 entry = entries[cells[0][0]]
                 slots.set(direction_of(entry) if steered[0] else None)
-                outs = _gen(gen, model, tok, batch_prompts, cfg, b, opts)
+                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, opts)
             elif any(steered):
                 direction, per_row = _directions(cells, entries, direction_of)
                 with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
                            layers_path=cfg.layers_path, record_dose=True, per_row=per_row) as s:
-                    outs = _gen(gen, model, tok, batch_prompts, cfg, b)
+                    outs = _gen(gen, model, job.tok, batch_prompts, cfg, b)
                 doses = [d if st else None for d, st in zip(s.row_doses(), steered)]
             else:
-                outs = _gen(gen, model, tok, batch_prompts, cfg, b)
+                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b)
             rows = [_row(b, e, entries[e], queries[i], o, site, cfg, info, d)
                     for (e, i), o, d in zip(cells, outs, doses)]
             wd.append_rows(rank, rows)
-            bar.update(1)
+            bar.update(len(cells))
+            if progress is not None:
+                progress(bar.n, rows_total)
             preempt.stop_if_asked(rank)
     finally:
         if slots is not None:
@@ -171,7 +258,10 @@ def _worker(fabric: Any, cfg: GenerateConfig, loaded: tuple[Any, Any] | None = N
     if world > 1:
         fabric.barrier()
     if rank == 0:
-        _merge(wd, entries, queries, cfg)
+        _merge(wd, entries, queries, job.out)
+        wd.mark_complete()
+    if world > 1:
+        fabric.barrier()  # later stages on other ranks read the merged file
 
 
 def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,
@@ -230,12 +320,12 @@ def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateCo
     }
 
 
-def _merge(wd: Any, entries: list[dict], queries: list, cfg: GenerateConfig) -> None:
+def _merge(wd: Any, entries: list[dict], queries: list, out: Path) -> None:
     got: dict[tuple[int, int], dict] = {}
     for r in wd.read_rows():
         got[(r["entry"], r["index"])] = r  # a batch redone after a kill: same rows, kept once
     unsteered = next((i for i, en in enumerate(entries) if en["condition"] == "unsteered"), None)
-    out, missing = [], []
+    rows, missing = [], []
     for e, entry in enumerate(entries):
         for q in queries:
             r = got.get((e, q.index))
@@ -247,19 +337,19 @@ def _merge(wd: Any, entries: list[dict], queries: list, cfg: GenerateConfig) -> 
             if r is None:
                 missing.append((e, q.id))
                 continue
-            out.append({k: v for k, v in r.items() if k != "batch"})
+            rows.append({k: v for k, v in r.items() if k != "batch"})
     if missing:
         raise RuntimeError(f"{len(missing)} generations missing after the run (first: {missing[:3]}); "
                            f"rerun the same command to complete them")
-    path = Path(cfg.out)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
-    tmp.replace(path)
-    print(f"[emoexp] wrote {len(out)} generations to {path}")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out)
+    log(f"wrote {len(rows)} generations to {out}")
 
 
-def _launched(fabric: Any, cfg: Any) -> None:
-    from ..runtime import finish
+def _launched(fabric: Any, job: Any) -> None:
+    from ..runtime import finish, load_on_device
 
-    _worker(fabric, cfg)
+    model, _ = load_on_device(fabric, job.cfg)
+    run_stage(fabric, job, model)
     finish(fabric)

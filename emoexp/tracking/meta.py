@@ -21,67 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..redact import REDACTED, is_secret_key, redact, scrub_text
+
 __all__ = [
     "REDACTED", "alpha_label", "child_key", "config_hash", "flatten", "git_info", "hardware_info",
     "is_secret_key", "model_label", "redact", "scrub_text",
 ]
-
-REDACTED = "***"
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
-# Key-like values and credentials inside URLs, wherever they appear.
-_SECRET_VALUES = [
-    (re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"), REDACTED + "@"),          # https://user:pass@host
-    (re.compile(r"\b(sk|hf|ghp|gho|xox[bpas]|AKIA)[-_A-Za-z0-9]{12,}\b"), REDACTED),  # API-key shapes
-    (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|secret|password)=)[^&#\s]+"), r"\1" + REDACTED),
-]
-
-
-def is_secret_key(name: str) -> bool:
-    """True when a config key names a secret.
-
-    A key is secret when it contains ``secret`` or ``password`` anywhere, or when its last word
-    is ``key``/``token``/``apikey``/``credentials`` (``api_key``, ``hf_token``, ``apiKey``,
-    ``OPENAI_API_KEY``). Words are split on ``_ - .`` and camelCase, so ``max_new_tokens``,
-    ``tokenizer``, ``token_scope`` and ``keywords`` stay visible (a bare substring test would
-    hide the generation length).
-
-    Example:
-        >>> [is_secret_key(k) for k in ("api_key", "HF_TOKEN", "max_new_tokens", "db_password")]
-        [True, True, False, True]
-    """
-    low = name.lower()
-    if "secret" in low or "password" in low or "passwd" in low:
-        return True
-    words = [w.lower() for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", name)]
-    return bool(words) and words[-1] in _SECRET_WORDS
-
-
-def scrub_text(text: str) -> str:
-    """Hide credentials inside a string (``user:pass@`` in URLs, ``?key=`` queries, ``sk-…`` keys)."""
-    for pattern, repl in _SECRET_VALUES:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def redact(obj: Any) -> Any:
-    """A deep copy of ``obj`` with secret keys' values replaced by ``***`` and credentials in
-    strings scrubbed (see :func:`is_secret_key`, :func:`scrub_text`).
-
-    Example:
-        >>> redact({"endpoint": "https://u:pw@host/v1", "hf_token": "hf_x"})
-        {'endpoint': 'https://***@host/v1', 'hf_token': '***'}
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str):
-        return scrub_text(obj)
-    if isinstance(obj, Path):
-        return scrub_text(str(obj))
-    return obj
-
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
 
-from .tracking_store import TrackingError, check_store
+from .store import TrackingError, check_store
 
 if TYPE_CHECKING:
     import pandas as pd

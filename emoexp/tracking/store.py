@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -22,7 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .tracking_meta import scrub_text
+from .meta import scrub_text
 
 __all__ = ["TrackingError", "artifact_root", "check_store", "sqlite_path", "tracking_uri"]
 
@@ -148,6 +149,24 @@ def _verify_sqlite(path: Path) -> None:
                             f"then run `mlflow db upgrade sqlite:///{path}`")
 
 
+def _check_folder(path: Path) -> None:
+    """The store's folder must be creatable and writable (checked before any work starts)."""
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TrackingError(f"MLflow store {path}: {parent} is a file, not a folder; choose another path "
+                                    "in MLFLOW_TRACKING_URI")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".emoexp-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise TrackingError(f"MLflow store {path}: cannot write in {path.parent} ({e.strerror or e}); choose a "
+                            "writable path in MLFLOW_TRACKING_URI") from None
+
+
 def _create_sqlite(path: Path) -> None:
     """Create the schema (and the Default experiment) once, under a lock, atomically."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -162,7 +181,9 @@ def _create_sqlite(path: Path) -> None:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             tmp.unlink(missing_ok=True)
             try:
-                store = SqlAlchemyStore("sqlite:///" + str(tmp), (path.parent / "artifacts").as_uri())
+                with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
+                        contextlib.redirect_stderr(quiet):  # alembic prints blank lines while migrating
+                    store = SqlAlchemyStore("sqlite:///" + str(tmp), (path.parent / "artifacts").as_uri())
                 store.engine.dispose()
                 os.replace(tmp, path)
             finally:
@@ -193,9 +214,17 @@ def check_store(uri: str | None = None, timeout: float = 5.0, *, create: bool = 
     if uri.startswith(("http://", "https://")):
         _check_http(uri, timeout)
         return uri
+    if uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(f"tracking URI {scrub_text(uri)!r} is a file store, which MLflow 3 no longer writes by "
+                            "default: use sqlite:///<absolute path>/mlflow.db, an http:// server, or unset "
+                            "MLFLOW_TRACKING_URI for ./mlruns/mlflow.db")
     path = sqlite_path(uri)
     if path is None:
         return uri  # postgresql://, mysql://, databricks: MLflow reports its own errors
+    if path.is_dir():
+        raise TrackingError(f"MLflow store {path} is a folder, not an SQLite file: point the URI at a file inside it")
+    if create:
+        _check_folder(path)
     if path.exists() and path.stat().st_size > 0:
         _verify_sqlite(path)
     elif not create:

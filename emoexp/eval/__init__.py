@@ -1,0 +1,1 @@
+"""Evaluation: scoring responses and remembering the scores."""
