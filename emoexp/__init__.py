@@ -15,9 +15,9 @@ load torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ._lazy import lazy_getattr
 from .vocab import EMOTIONS, POSITIONS, SCOPES, SITES
 
 __version__ = "0.1.0"
@@ -37,16 +37,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'emoexp' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def score(*args: Any, **kwargs: Any) -> Any:
-    """Score responses with the paper's metrics; see :func:`emoexp.scoring.score`."""
-    from .scoring import score as _score
+    """Score responses with the paper's metrics; see :func:`emoexp.eval.scoring.score`."""
+    from .eval.scoring import score as _score
 
     return _score(*args, **kwargs)

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("emoexp.slurm", "render and submit a SLURM job from a config"),
     "chat": ("emoexp.chat", "interactive chat with live emotion weights"),
     "import-official": ("emoexp.recipes.import_official", "convert the paper authors' EV JSON to safetensors"),
+    "validate-scorer": ("emoexp.eval.validate", "check the emotion scorer on labelled text (F1, confusion, calibration)"),
 }
 
 _USAGE = """usage: emoexp COMMAND [--help] [--config FILE.yaml] [--<key> VALUE ...]

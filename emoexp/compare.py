@@ -1,12 +1,16 @@
-"""``emoexp compare``: a cross-family table (Markdown and CSV) and plots, built from MLflow alone.
+"""``emoexp compare``: cross-family tables (Markdown and CSV) and plots, built from MLflow alone.
 
-Rows are model families (the parent run's ``model_id`` tag); columns are ``metric@α`` for the
-chosen condition, plus the ``metric@unsteered`` and ``metric@prompt`` baselines, like the paper's
-tables. With several targets the target goes in brackets: ``intensity[joy]@2``. Values are the
-child runs' logged means (search_runs over the experiments' FINISHED children).
+The terminal shows, for the studies of the chosen experiments (default: all that hold emoexp
+studies): the target-emotion gain over unsteered with bootstrap 95% CIs at each family's best α
+(within topic and repetition limits) next to the prompt baseline's gain; where two families
+differ beyond the CIs; the gains at equal relative dose (``α`` means different pushes in
+different models, a dose means the same one); and the target emotion's probability by α.
+``--out`` also writes ``compare.csv`` (every logged metric, one row per model: ``metric@α``,
+``metric[target]@prompt``, ``metric@unsteered``, like the paper's tables), the frames behind
+the sections, and plots (gain vs α and vs dose per target, metric vs α per family).
 
 Example:
-    emoexp compare --experiment paper --metrics intensity topic --target base --out outputs/compare
+    emoexp compare --experiment families --out outputs/compare
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Args:
     """Tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."""
     digits: NonNegativeInt = 3
     """Decimals in the Markdown tables."""
+    doses: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    """Relative doses at which the families' gains are compared (interpolated between the α measured)."""
 
 
 def _metrics_of(long: pd.DataFrame) -> list[str]:
@@ -205,6 +211,45 @@ def target_table(long: pd.DataFrame, metric: str = "p_target", condition: str = 
     return pd.DataFrame(rows)
 
 
+def _ci(v: float, lo: float, hi: float, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:+.{digits}f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def gain_sections(long: pd.DataFrame, doses: Sequence[float], digits: int = 3) -> tuple[list[str], dict[str, Any]]:
+    """Markdown sections on steering gains (best per family and target, differences beyond the
+    CIs, gains at equal dose) and the frames behind them."""
+    from . import families
+
+    rows = families.gains(_label_models(long))
+    b = families.best(rows)
+    if not len(b):
+        return [], {}
+    shown = b.assign(**{
+        "gain [95% CI]": [_ci(r.gain, r.gain_ci_low, r.gain_ci_high, digits) for r in b.itertuples()],
+        "prompt gain [95% CI]": [_ci(r.prompt_gain, r.prompt_ci_low, r.prompt_ci_high, digits) for r in b.itertuples()],
+    })[["target", "model", "alpha", "dose", "gain [95% CI]", "prompt gain [95% CI]", "topic_ratio",
+        "repetition_ratio", "within_limits"]].sort_values(["target", "model"])
+    parts = ["### Target-emotion gain over unsteered: best α per family (topic ≥ 0.8×, repetition ≤ 1.5×)", "",
+             shown.to_markdown(index=False, floatfmt=".3f")]
+    diff = families.differences(b)
+    if len(diff):
+        beyond = diff[diff["beyond CIs"]]
+        parts += ["", "### Where families differ beyond the 95% CIs", "",
+                  diff.to_markdown(index=False, floatfmt="+.3f"), "",
+                  (f"{len(beyond)} of {len(diff)} target comparisons differ beyond the CIs: "
+                   + ", ".join(f"{r.target} ({r.a} {r.difference:+.2f} vs {r.b})" for r in beyond.itertuples())
+                   if len(beyond) else "No difference between families exceeds the 95% CIs.")]
+    at = families.at_dose(rows, doses)
+    if len(at):
+        at["cell"] = [_ci(r.gain, r.gain_ci_low, r.gain_ci_high, digits) for r in at.itertuples()]
+        wide = at.pivot_table(index=["target", "dose"], columns="model", values="cell", aggfunc="first").reset_index()
+        parts += ["", "### Gain at equal relative dose (‖α·EV_l‖ / ‖h_l‖; interpolated between the α measured)", "",
+                  wide.to_markdown(index=False, missingval="—")]
+    return parts, {"gains": rows, "best": b, "differences": diff, "at_dose": at}
+
+
 def _experiments(uri: str | None) -> list[str]:
     from mlflow.tracking import MlflowClient
 
@@ -219,7 +264,7 @@ def _experiments(uri: str | None) -> list[str]:
 
 
 def main(args: Args) -> int:
-    """Print readable tables; with ``out`` also write compare.md, compare.csv and one plot per metric."""
+    """Print readable tables; with ``out`` also write compare.md, compare.csv and plots."""
     from .tracking import TrackingError, load_children
 
     try:
@@ -231,28 +276,31 @@ def main(args: Args) -> int:
     except (TrackingError, ValueError) as e:
         print(f"emoexp compare: error: {e}", file=sys.stderr)
         return 2
-    shown = [m for m in ("p_target", "topic", "repetition") if m == "p_target" or m in long]
+    sel = long if args.target is None else long[(long["target"] == args.target) | (long["condition"] == "unsteered")]
     parts = [f"emoexp compare: {', '.join(experiments)} (condition={args.condition})"]
-    for m in shown:
-        t = target_table(long if args.target is None else long[(long["target"] == args.target)
-                                                              | (long["condition"] == "unsteered")], m, args.condition)
-        if len(t):
-            parts += ["", f"### {m}", "", t.to_markdown(index=False, floatfmt=f".{args.digits}f", missingval="—")]
+    sections, frames = gain_sections(sel, args.doses, args.digits) if "gain" in long else ([], {})
+    parts += ["", *sections] if sections else []
+    t = target_table(sel, "p_target", args.condition)
+    if len(t):
+        parts += ["", "### P(target emotion) by α", "", t.to_markdown(index=False, floatfmt=f".{args.digits}f",
+                                                                    missingval="—")]
     text = "\n".join(parts) + "\n"
     print(text)
     if args.out:
-        from .plots import compare_figure
+        from .plots import compare_figure, gain_figure
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        md = to_markdown(table, args.digits)
-        (out / "compare.md").write_text(text + "\n## All metrics\n\n" + md)
+        (out / "compare.md").write_text(text + "\n## All metrics\n\n" + to_markdown(table, args.digits))
         table.to_csv(out / "compare.csv")
-        sel = _label_models(long)
-        if args.target is not None:
-            sel = sel[(sel["target"] == args.target) | (sel["condition"] == "unsteered")]
+        for name, frame in frames.items():
+            frame.to_csv(out / f"compare_{name}.csv", index=False)
+        labelled = _label_models(sel)
         metrics = sorted({c.split("@")[0].split("[")[0] for c in table.columns})
         for m in metrics:
-            compare_figure(sel, m).savefig(out / f"compare_{m}.png", dpi=110, bbox_inches="tight")
-        print(f"[emoexp] wrote {out}/compare.md, compare.csv and {len(metrics)} plots", file=sys.stderr)
+            compare_figure(labelled, m).savefig(out / f"compare_{m}.png", dpi=110)
+        if frames:
+            for x in ("alpha", "dose"):
+                gain_figure(frames["gains"], x).savefig(out / f"compare_gain_vs_{x}.png", dpi=110)
+        print(f"[emoexp] wrote {out}/compare.md, compare*.csv and plots", file=sys.stderr)
     return 0

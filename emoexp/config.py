@@ -43,7 +43,7 @@ from jsonargparse import ArgumentError, ArgumentParser, set_parsing_settings
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
 
 from .vocab import (
-    CONDITIONS,
+    DEFAULT_CONDITIONS,
     EMOTIONS,
     Accelerator,
     AlphaUnit,
@@ -62,7 +62,7 @@ from .vocab import (
 )
 
 __all__ = [
-    "CONDITIONS", "Common", "ConfigError", "EvaluateOptions", "ExtractConfig", "ExtractOptions", "GenerateConfig",
+    "DEFAULT_CONDITIONS", "Common", "ConfigError", "EvaluateOptions", "ExtractConfig", "ExtractOptions", "GenerateConfig",
     "GenerateOptions", "RunConfig", "build_parser", "dump", "fingerprint", "from_dict", "load_yaml", "parse",
     "parse_target", "to_dict",
 ]
@@ -149,12 +149,25 @@ class Common:
     """Prompt rendering: the tokenizer's chat template, a plain-text template (base models), or auto."""
     max_prompt_tokens: PositiveInt | None = None
     """Refuse prompts longer than this many tokens (default: the model's context minus max_new_tokens)."""
+    plain_template: str = "User: {user}\nAssistant:"
+    """The prompt of a model without a chat template (a base model), with {user} for the query: a system text
+    goes before it, a prefill opener after it."""
+    emotion_text: str | None = None
+    """The emotional conditioning text, with {emotion} (null: the strategy's default, docs/datasets.md)."""
+    neutral_text: str | None = None
+    """Its neutral counterpart, without {emotion}; '' for no text (null: the strategy's default)."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
         self._checks()
 
     def _checks(self) -> None:
+        if "{user}" not in self.plain_template:
+            raise ConfigError("plain_template: must contain {user}, where the query goes")
+        if self.emotion_text is not None and "{emotion}" not in self.emotion_text:
+            raise ConfigError("emotion_text: must contain {emotion}")
+        if self.neutral_text is not None and "{emotion}" in self.neutral_text:
+            raise ConfigError("neutral_text: must not contain {emotion}")
         if self.model in REMOTE_CODE_MODELS and not self.trust_remote_code:
             raise ConfigError(f"model: {self.model} needs its own modelling code from the hub: set "
                               "trust_remote_code: true to opt in")
@@ -199,8 +212,8 @@ class GenerateOptions:
     """Steering targets: emotions, 'base' (their mean), or mixes like 'joy=1+anger=-1'."""
     alphas: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0, 2.0, 4.0])
     """Steering strengths."""
-    conditions: list[Condition] = field(default_factory=lambda: list(CONDITIONS))
-    """Conditions: unsteered, steered, prompt (the emotional instruction in the prompt, no steering)."""
+    conditions: list[Condition] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
+    """Conditions: unsteered, steered, prompt (the emotional prompt, no steering), prompt_steered (both)."""
     layers: list[int] | None = None
     """Layers to steer (null: all; negative counts from the end); checked against the model."""
     site: Site | None = None
@@ -223,6 +236,8 @@ class GenerateOptions:
     """The torch.compile backend of `compile` ('eager' for a quick check)."""
     allow_foreign_vectors: bool = False
     """Steer with vectors extracted from another model (same shapes); refused by default."""
+    min_split_half: float | None = None
+    """Steer only the layers where the target EV's split-half cosine (recorded at extraction) reaches this."""
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -108,6 +108,7 @@ def extract_batch(
     layers_path: str | None = None,
     seed: int | None = None,
     capture: str = "decode",
+    on_step: Any = None,
 ) -> tuple[dict[str, ActivationSums], list[dict[str, Any]]]:
     """Generate the batch's responses and capture their activations.
 
@@ -124,10 +125,11 @@ def extract_batch(
         _, prompt_mask = left_pad(prompts, pad, device)
         with DecodeCapture(model, prompt_mask, scope, eos_ids(model, tok), max_response=max_new_tokens, site=site,
                            layers_path=layers_path) as cap:
-            gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, feed_last=True)
+            gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, feed_last=True,
+                            on_step=on_step)
         sums = cap.groups(groups, len(keys))
     elif capture == "forward":
-        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed)
+        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, on_step=on_step)
         ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
         sums = capture_groups(model, ids, mask, scope_mask(mask, width, scope), groups, len(keys), site=site,
                               layers_path=layers_path)

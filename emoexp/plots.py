@@ -30,6 +30,7 @@ __all__ = [
     "compare_figure",
     "cosine_figure",
     "ev_figures",
+    "gain_figure",
     "metric_columns",
     "norms_figure",
     "save_all_plots",
@@ -183,6 +184,39 @@ def compare_figure(long: pd.DataFrame, metric: str, title: str | None = None) ->
             ax.axhline(float(unsteered.mean()), color=color or "grey", ls=":", lw=1.2, label=f"{model} unsteered")
     ax.set(xlabel="α (steering strength)", ylabel=metric, title=title or f"{metric} vs α across models")
     _legend_outside(ax)
+    return fig
+
+
+def gain_figure(rows: pd.DataFrame, x: str = "alpha") -> Figure:
+    """Target-emotion gain over unsteered (bootstrap 95% CI band) against ``x`` (``alpha``, each
+    family's own units, or ``dose``, the relative dose the steered tokens received), one panel
+    per target, one line per model; each model's prompt-baseline gain as a dashed line.
+    ``rows``: :func:`emoexp.families.gains`."""
+    targets = sorted(rows["target"].dropna().unique())
+    cols = min(3, max(1, len(targets)))
+    nrows = math.ceil(len(targets) / cols) if targets else 1
+    fig = _figure(4.0 * cols + 1.8, 3.0 * nrows)
+    axes = fig.subplots(nrows, cols, squeeze=False).flatten()
+    colors: dict[str, Any] = {}
+    for ax, target in zip(axes, targets):
+        t = rows[rows["target"] == target]
+        for model, g in t[t["condition"] == "steered"].groupby("model", sort=True):
+            g = g.sort_values("alpha")
+            if x == "dose":
+                g = g[g["alpha"] >= 0].assign(dose=lambda d: d["dose"].where(d["alpha"] > 0, 0.0))
+            (line,) = ax.plot(g[x], g["gain"], marker="o", color=colors.get(model), label=str(model))
+            colors[model] = line.get_color()
+            ax.fill_between(g[x], g["gain_ci_low"], g["gain_ci_high"], color=line.get_color(), alpha=0.15)
+        for model, g in t[t["condition"] == "prompt"].groupby("model", sort=True):
+            ax.axhline(float(g["gain"].iloc[0]), color=colors.get(model, "grey"), ls="--", lw=1)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(title=str(target), xlabel="α" if x == "alpha" else "relative dose ‖α·EV‖/‖h‖",
+               ylabel="P(target) − unsteered")
+    for ax in axes[len(targets):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles + [axes[0].plot([], [], color="grey", ls="--")[0]], labels + ["prompt baseline"],
+               loc="outside right upper", fontsize="x-small", frameon=False)
     return fig
 
 

@@ -21,8 +21,10 @@ Generation conditions (:func:`generation_prompt`):
 Rendering: the tokenizer's chat template when ``tokenizer.chat_template`` is set (with
 ``add_generation_prompt=True``); a template that rejects a system role (raises) or silently
 drops it gets the system text merged into the user turn (``"{system}\\n\\n{user}"``). Without a
-chat template the plain form is ``"{system}\\n\\nUser: {user}\\nAssistant:"`` (system part
-only when there is one; a prefill opener follows after a space).
+chat template (a base model), or with ``prompt_format="plain"``, the prompt is
+``plain_template`` (default ``"User: {user}\\nAssistant:"``, configurable per model: the query,
+its conditioning, an answer cue), preceded by ``"{system}\\n\\n"`` when there is a system text
+and followed by a prefill opener after a space.
 
 Encoding (:func:`encode_prompts`): chat-templated text already holds the template's BOS and
 role tokens, so it is encoded with ``add_special_tokens=False``; plain text is encoded with
@@ -60,6 +62,12 @@ DEFAULT_TEMPLATES = {"system": _INSTRUCTION, "user": _INSTRUCTION, "prefill": _O
 class Conditioning:
     """How the neutral / emotion-conditioned pair differs (also the prompt baseline's text)."""
 
+    @classmethod
+    def of(cls, cfg: Any) -> Conditioning:
+        """The conditioning a stage config asks for (strategy, texts, prompt format)."""
+        return cls(strategy=cfg.conditioning, emotion_template=cfg.emotion_text, neutral_template=cfg.neutral_text,
+                   prompt_format=cfg.prompt_format, plain_template=cfg.plain_template)
+
     #: where the conditioning text goes: system, user or prefill
     strategy: str = "system"
     #: the emotional text, with an {emotion} placeholder (None: the strategy's default)
@@ -68,8 +76,10 @@ class Conditioning:
     neutral_template: str | None = None
     #: a base system prompt used in every condition, or None
     system_prompt: str | None = None
-    #: chat (the tokenizer's template), plain (``User: … / Assistant:`` text, for base models) or auto
+    #: chat (the tokenizer's template), plain (``plain_template``, for base models) or auto
     prompt_format: str = "auto"
+    #: the plain-text prompt with ``{user}``; a system text goes before it and a prefill opener after it
+    plain_template: str = "User: {user}\nAssistant:"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -111,6 +121,7 @@ class Conditioning:
             "neutral_template": self.neutral_template,
             "system_prompt": self.system_prompt,
             "prompt_format": self.prompt_format,
+            "plain_template": self.plain_template,
         }
         if tokenizer is not None:
             out["prompt_format"] = "chat" if uses_chat_template(tokenizer, self) else "plain"
@@ -206,7 +217,7 @@ def generation_prompt(tokenizer: Any, query: str, condition: str, emotion: str |
     """
     if condition not in GENERATION_CONDITIONS:
         raise ValueError(f"condition={condition!r}; valid: {', '.join(GENERATION_CONDITIONS)}")
-    if condition == "prompt":
+    if condition in ("prompt", "prompt_steered"):
         if _check_emotion(emotion) is None:
             raise ValueError(f"the prompt baseline needs an emotion, one of {', '.join(EMOTIONS)}")
         return render_prompt(tokenizer, query, emotion, cond)
@@ -243,7 +254,8 @@ def _join(first: str | None, second: str | None) -> str | None:
 def _render(tokenizer: Any, system: str | None, user: str, opener: str, cond: Conditioning | None = None) -> str:
     if not uses_chat_template(tokenizer, cond):
         head = f"{system}\n\n" if system else ""
-        return f"{head}User: {user}\nAssistant:" + (f" {opener}" if opener else "")
+        template = cond.plain_template if cond is not None else "User: {user}\nAssistant:"
+        return head + template.replace("{user}", user) + (f" {opener}" if opener else "")
     from jinja2 import TemplateError
 
     messages = [{"role": "user", "content": user}]

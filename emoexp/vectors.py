@@ -73,7 +73,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _umask_mode(path: Path) -> None:
+def default_mode(path: Path) -> None:
     """Give a freshly written file the mode the umask allows (0644 usually), like every other
     output; safetensors writes 0600."""
     import os
@@ -150,6 +150,23 @@ class EmotionVectors:
             out += float(w) * self[name]
         return out
 
+    def reliable_layers(self, min_cosine: float) -> EmotionVectors:
+        """A copy in which each emotion keeps only the layers whose split-half cosine (recorded at
+        extraction: the EVs of the two halves of the queries) reaches ``min_cosine``; the other
+        layers are zero, so steering skips them.
+
+        Raises:
+            ValueError: the metadata records no split-half cosine for some emotion.
+        """
+        split = self.metadata.get("split_half_cosine") or {}
+        missing = [e for e in self.emotions if e not in split]
+        if missing:
+            raise ValueError(f"no split-half cosine recorded for {missing}: extract with at least 2 queries per emotion")
+        keep = {e: torch.tensor(split[e]) >= min_cosine for e in self.emotions}
+        masked = {e: v * keep[e].unsqueeze(-1).to(v.dtype) for e, v in self._vectors.items()}
+        return EmotionVectors(masked, {**self.metadata, "reliable_layers": {e: keep[e].nonzero().flatten().tolist()
+                                                                            for e in self.emotions}})
+
     def relative_doses(self) -> dict[str, list[float]]:
         """Per-layer ‖EV_l‖ / mean ‖h_l‖ (needs ``activation_norms`` in the metadata)."""
         scale = self.metadata.get("activation_norms")
@@ -201,7 +218,7 @@ class EmotionVectors:
         meta.setdefault("library_versions", library_versions())
         tmp = path.with_name(path.name + ".tmp")
         save_file(dict(self._vectors), str(tmp), metadata={"format": FORMAT, "emoexp": json.dumps(meta)})
-        _umask_mode(tmp)
+        default_mode(tmp)
         tmp.replace(path)  # atomic: a killed run never leaves half a file
         return path
 

@@ -15,10 +15,36 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
-    "ACCELERATORS", "ALPHA_UNITS", "CAPTURES", "COMPILE_MODES", "CONDITIONS", "DTYPES", "EMOTIONS", "METRICS",
-    "POSITIONS", "PROMPT_FORMATS", "SCOPES", "SITES", "STRATEGIES", "WEIGHTINGS", "Accelerator", "AlphaUnit",
-    "Capture", "CompileMode", "Condition", "Dtype", "Emotion", "Metric", "Positions", "PromptFormat", "Scope",
-    "Site", "Strategy", "Weighting",
+    "ACCELERATORS",
+    "ALPHA_UNITS",
+    "CAPTURES",
+    "COMPILE_MODES",
+    "CONDITIONS",
+    "DEFAULT_CONDITIONS",
+    "DTYPES",
+    "EMOTIONS",
+    "METRICS",
+    "POSITIONS",
+    "PROMPT_FORMATS",
+    "SCOPES",
+    "SITES",
+    "STEERED_CONDITIONS",
+    "STRATEGIES",
+    "WEIGHTINGS",
+    "Accelerator",
+    "AlphaUnit",
+    "Capture",
+    "CompileMode",
+    "Condition",
+    "Dtype",
+    "Emotion",
+    "Metric",
+    "Positions",
+    "PromptFormat",
+    "Scope",
+    "Site",
+    "Strategy",
+    "Weighting",
 ]
 
 #: The five emotions of the paper, in a fixed order.
@@ -45,9 +71,14 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 PromptFormat = Literal["auto", "chat", "plain"]
 PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 
-#: Generation conditions: no steering, EV steering, and the prompt baseline.
-Condition = Literal["unsteered", "steered", "prompt"]
+#: Generation conditions: no steering, EV steering, the prompt baseline (the emotional prompt, no
+#: steering), and both at once (the emotional prompt plus EV steering).
+Condition = Literal["unsteered", "steered", "prompt", "prompt_steered"]
 CONDITIONS: tuple[str, ...] = get_args(Condition)
+#: The conditions run by default.
+DEFAULT_CONDITIONS: tuple[str, ...] = ("unsteered", "steered", "prompt")
+#: The conditions that steer.
+STEERED_CONDITIONS: tuple[str, ...] = ("steered", "prompt_steered")
 
 #: How activations are captured at extraction: while decoding, or in a forward pass afterwards.
 Capture = Literal["decode", "forward"]

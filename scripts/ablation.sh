@@ -20,3 +20,13 @@ $E --sweep_dir outputs/ablation/scope --grid "extract.scope=[all, last]"
 $E --sweep_dir outputs/ablation/dose --grid "generate.alpha_unit=[dose]" --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.4]]"
 # 5. positions: the authors' generated-positions edit
 $E --sweep_dir outputs/ablation/positions --grid "generate.positions=[generated]"
+# --- attempts to make anger and sadness steer (docs/ablation.md, "Anger and sadness") ---
+# 6. contrastive pairs: the neutral opener differs from the emotional one only in the emotion word
+$E --sweep_dir outputs/ablation/attempt-contrastive --grid 'neutral_text=["Honestly, this fills me with calm."]'
+# 7. steer only the layers whose EV is reliable (split-half cosine at extraction)
+$E --sweep_dir outputs/ablation/attempt-reliable --grid "generate.min_split_half=[0.3, 0.6]"
+# 8. the EV on top of the emotional prompt (prompt_steered), next to each alone
+$E --sweep_dir outputs/ablation/attempt-prompt-plus-ev --grid "generate.conditions=[[unsteered, steered, prompt, prompt_steered]]"
+# 9. per-layer normalised doses with more extraction queries (16 per emotion)
+$E --sweep_dir outputs/ablation/attempt-dose-16 --grid "extract.limit=[16]" --grid "generate.alpha_unit=[dose]" \
+   --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.3]]"

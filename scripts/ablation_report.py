@@ -29,27 +29,32 @@ def main() -> None:
         axes = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain",
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
                                                    "folder"}]
+        axes = [a for a in axes if a != "condition"]
         df["point"] = df[axes].astype(str).apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
+        if "condition" in df:
+            df["point"] = df["point"] + df["condition"].map({"steered": "", "prompt_steered": " (prompt + EV)"})
         df["sweep"] = csv.parent.name
         frames.append(df)
     if not frames:
         raise SystemExit("no sweep results under outputs/ablation")
     all_ = pd.concat(frames, ignore_index=True)
-    lines = ["| sweep | point | mean gain | emotions ≥ +0.3 (in limits) | beats prompt | mean topic ratio | mean rep. ratio |",
-             "|---|---|---|---|---|---|---|"]
-    for (sweep, point), g in all_.groupby(["sweep", "point"], sort=False):
-        ok = g[g["within_limits"].astype(bool)]
-        lines.append(f"| {sweep} | {point} | {g['gain'].mean():+.3f} | {int((ok['gain'] >= 0.3).sum())}/5 | "
-                     f"{int(g['beats_prompt'].astype(bool).sum())}/5 | {g['topic_ratio'].mean():.2f} | "
-                     f"{g['rep_ratio'].mean():.2f} |")
-    lines += ["", "Best point per emotion (largest gain within the limits):", "",
-              "| emotion | sweep | point | α | unsteered | gain | prompt gain | topic ratio | rep. ratio |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for tgt, g in all_.groupby("target"):
-        ok = g[g["within_limits"].astype(bool)]
-        r = (ok if len(ok) else g).sort_values("gain").iloc[-1]
-        lines.append(f"| {tgt} | {r['sweep']} | {r['point']} | {r['alpha']:g} | {r['unsteered']:.3f} | "
-                     f"{r['gain']:+.3f} | {r['prompt_gain']:+.3f} | {r['topic_ratio']:.2f} | {r['rep_ratio']:.2f} |")
+    all_["in_limits_03"] = all_["within_limits"].astype(bool) & (all_["gain"] >= 0.3)
+    points = all_.groupby(["sweep", "point"], sort=False).agg(
+        mean_gain=("gain", "mean"), emotions_03=("in_limits_03", "sum"), beats_prompt=("beats_prompt", "sum"),
+        topic_ratio=("topic_ratio", "mean"), rep_ratio=("rep_ratio", "mean"), n=("target", "count")).reset_index()
+    points["emotions ≥ +0.3 (in limits)"] = points["emotions_03"].astype(int).astype(str) + "/" + points["n"].astype(str)
+    points["beats prompt"] = points["beats_prompt"].astype(int).astype(str) + "/" + points["n"].astype(str)
+    table = points[["sweep", "point", "mean_gain", "emotions ≥ +0.3 (in limits)", "beats prompt", "topic_ratio",
+                    "rep_ratio"]].rename(columns={"mean_gain": "mean gain", "topic_ratio": "mean topic ratio",
+                                                  "rep_ratio": "mean rep. ratio"})
+    ok = all_[all_["within_limits"].astype(bool)]
+    best = (ok if len(ok) else all_).sort_values("gain").groupby("target").tail(1).sort_values("target")
+    best = best[["target", "sweep", "point", "alpha", "unsteered", "gain", "prompt_gain", "topic_ratio",
+                 "rep_ratio"]].rename(columns={"target": "emotion", "prompt_gain": "prompt gain",
+                                               "topic_ratio": "topic ratio", "rep_ratio": "rep. ratio"})
+    lines = [table.to_markdown(index=False, floatfmt="+.3f"), "",
+             "Best point per emotion (largest gain within the limits):", "",
+             best.to_markdown(index=False, floatfmt=".3f")]
     doc = ROOT / "docs" / "ablation.md"
     text = doc.read_text()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)

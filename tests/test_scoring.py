@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 import emoexp
-from emoexp.aggregate import aggregate, bootstrap_ci, to_markdown
-from emoexp.scoring import Backends, resolve_target, score
+from emoexp.eval import Backends, aggregate, bootstrap_ci, resolve_target, score, to_markdown
 
 TINY = {"perplexity": "tiny-random-llama"}
 P_COLS = ["p_anger", "p_disgust", "p_fear", "p_joy", "p_sadness", "p_neutral"]
@@ -28,9 +27,11 @@ def test_score_columns_rows_and_provenance():
     assert df.loc[0, "p_joy"] > 0.5 and df.loc[0, "tec"] == df.loc[0, "p_joy"] and df.loc[0, "tec_top"] == 1.0
     assert math.isnan(df.loc[1, "tec"])  # no target
     assert df.loc[0, "intensity"] > df.loc[1, "intensity"]
-    assert (df["eps_backend"] == "minilm-zeroshot:sentence-transformers/all-MiniLM-L6-v2").all()
+    assert (df["eps_backend"] == "minilm-head:sentence-transformers/all-MiniLM-L6-v2").all()
     assert (df["perplexity_backend"] == "causal-lm:tiny-random-llama").all()
-    assert df.attrs["backends"]["eps"]["template"] == "This text expresses {}."
+    assert df.attrs["backends"]["eps"]["l2"] > 0 and df.attrs["backends"]["eps"]["n_train"] == 720
+    old = emoexp.score(responses, metrics=["eps"], backend={"eps": "minilm-zeroshot"})  # the old scorer, selectable
+    assert old.attrs["backends"]["eps"]["templates"] == ["This text expresses {}."]
     assert df["issues"].tolist() == ["", ""] and df["truncated"].tolist() == ["", ""]
 
 
@@ -129,6 +130,10 @@ def test_bootstrap_ci_contains_mean_and_is_seeded():
     assert lo < m < hi and hi - lo < 0.5
     assert bootstrap_ci(x, rng=np.random.default_rng(0)) == (m, lo, hi)
     assert bootstrap_ci(np.array([np.nan, 2.0])) == (2.0, 2.0, 2.0)
+    from scipy.stats import bootstrap  # the interval is scipy's percentile bootstrap of the mean
+
+    ref = bootstrap((x,), np.mean, n_resamples=1000, method="percentile", random_state=np.random.default_rng(0))
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     assert all(math.isnan(v) for v in bootstrap_ci(np.array([np.nan])))
 
 
@@ -142,5 +147,5 @@ def test_aggregate_groups_counts_and_seed():
     assert (agg["intensity_ci_low"] <= agg["intensity"]).all() and (agg["intensity"] <= agg["intensity_ci_high"]).all()
     assert aggregate(df, by=["alpha"], n_boot=200, seed=3).equals(aggregate(df, by=["alpha"], n_boot=200, seed=3))
     md = to_markdown(agg, ["intensity"])
-    assert md.splitlines()[0] == "| model | alpha | n | intensity |"
+    assert [c.strip() for c in md.splitlines()[0].strip("|").split("|")] == ["model", "alpha", "n", "intensity"]
     assert "0.150 [0.100, 0.200]" in md

@@ -21,7 +21,7 @@ from typing import Any
 __all__ = ["SCORER_VERSION", "ScoreCache"]
 
 #: Bumped whenever scoring code changes what a score is: older cached rows are then not reused.
-SCORER_VERSION = 2
+SCORER_VERSION = 3
 
 
 def _clean(v: Any) -> Any:
@@ -68,7 +68,7 @@ class ScoreCache:
         columns and order as :func:`emoexp.score`."""
         import pandas as pd
 
-        from ..scoring import score
+        from .scoring import score
 
         n = len(responses)
         qs = list(queries) if queries is not None else [None] * n

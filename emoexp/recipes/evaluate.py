@@ -177,8 +177,8 @@ class Args:
 
 
 def _backend(args: Args, metrics: list[str] | None) -> dict[str, Any]:
-    from ..backends import Backends
-    from ..judge import JudgeConfig
+    from ..eval.backends import Backends
+    from ..eval.judge import JudgeConfig
 
     over: dict[str, Any] = {"preset": args.backend, "batch_size": args.batch_size, "max_length": args.max_length,
                             "progress": args.progress}
@@ -197,7 +197,7 @@ def _backend(args: Args, metrics: list[str] | None) -> dict[str, Any]:
 
 
 def _write(df: pd.DataFrame, out: Path, args: Args, meta: dict[str, Any]) -> None:
-    from ..aggregate import aggregate, to_markdown
+    from ..eval.stats import aggregate, to_markdown
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
@@ -217,7 +217,7 @@ def _write(df: pd.DataFrame, out: Path, args: Args, meta: dict[str, Any]) -> Non
 
 def main(args: Args) -> int:
     """Run ``emoexp evaluate``; returns the exit status (1: the judge stopped answering, 2: bad input)."""
-    from ..judge import JudgeError
+    from ..eval.judge import JudgeError
 
     try:
         return _run(args)
@@ -227,7 +227,7 @@ def main(args: Args) -> int:
 
 
 def _run(args: Args) -> int:
-    from ..scoring import ScoringInterrupted, resolve_target, score
+    from ..eval import ScoringInterrupted, resolve_target, score
 
     rows: list[dict[str, Any]] = []
     for path in args.inputs:

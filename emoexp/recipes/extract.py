@@ -61,7 +61,7 @@ def prepare(cfg: ExtractConfig, *, info: Any = None, tok: Any = None, out: str |
     queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed, emotions=cfg.emotions, duplicates="drop")
     items = extraction_items(queries, cfg.emotions)
     tok = tok or load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    cond = Conditioning(strategy=cfg.conditioning, prompt_format=cfg.prompt_format)
+    cond = Conditioning.of(cfg)
     texts = [render_prompt(tok, it.query.query, it.emotion if it.condition == "emotional" else None, cond)
              for it in items]
     prompts = encode_prompts(tok, texts, cond)
@@ -113,7 +113,7 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     from tqdm.auto import tqdm
 
     from ..extraction import Accumulator, activation_norms, extract_batch, vectors_from
-    from ..generation import make_batches
+    from ..generation import BAR_FORMAT, bar_stepper, make_batches
     from ..layers import find_layers
     from ..models import describe
     from ..prompts import Conditioning
@@ -139,21 +139,22 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     todo = [b for b in mine if b not in done]
     rows_total = sum(len(batches[b]) for b in mine)
     bar = tqdm(total=rows_total, initial=sum(len(batches[b]) for b in mine if b in done), disable=rank != 0,
-               desc=f"extract ({world} proc)", unit="resp", dynamic_ncols=True)
+               desc=f"extract ({world} proc)", unit="resp", dynamic_ncols=True, bar_format=BAR_FORMAT)
     t0 = time.time()
     for b in todo:
         idx = batches[b]
         sums, rows = extract_batch(
             model, job.tok, [items[i] for i in idx], [prompts[i] for i in idx], site=cfg.site, scope=cfg.scope,
             max_new_tokens=cfg.max_new_tokens, layers_path=cfg.layers_path, seed=cfg.seed + b,
-            capture=cfg.capture,
+            capture=cfg.capture, on_step=bar_stepper(bar, len(idx)),
         )
         for key, s in sums.items():
             acc.add(key, s)
         wd.append_rows(rank, [{"batch": b, "item": i, **r} for i, r in zip(idx, rows)])
         done.append(b)
         wd.save_state(rank, world, {"packed": acc.pack(), "done": done})
-        bar.update(len(idx))
+        bar.n = sum(len(batches[x]) for x in done if x in mine)  # exact at each batch's end
+        bar.refresh()
         if progress is not None:
             progress(bar.n, rows_total)
         preempt.stop_if_asked(rank)
@@ -164,7 +165,7 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     if rank == 0:
         n_queries = {e: {c: sum(acc.sums[k].n_rows for k in acc.keys if k.startswith(f"{e}/{c}/"))
                          for c in ("neutral", "emotional")} for e in cfg.emotions}
-        cond = Conditioning(strategy=cfg.conditioning, prompt_format=cfg.prompt_format)
+        cond = Conditioning.of(cfg)
         meta = {
             **describe(model, job.tok, cfg.model, cfg.revision, job.info),
             "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting, "capture": cfg.capture,

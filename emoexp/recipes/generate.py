@@ -31,6 +31,7 @@ from typing import Any
 
 from ..config import ConfigError, GenerateConfig, fingerprint, parse_target
 from ..redact import log
+from ..vocab import STEERED_CONDITIONS
 
 __all__ = ["Args", "GenerateJob", "check_vectors", "generate", "grid", "main", "prepare"]
 
@@ -55,6 +56,9 @@ def grid(cfg: GenerateConfig) -> list[dict[str, Any]]:
         if "steered" in cfg.conditions:
             for a in cfg.alphas:
                 entries.append({"condition": "steered", "target": t, "weights": w, "alpha": a})
+        if "prompt_steered" in cfg.conditions and single:  # the emotional prompt plus the EV
+            for a in cfg.alphas:
+                entries.append({"condition": "prompt_steered", "target": t, "weights": w, "alpha": a})
     return entries
 
 
@@ -104,7 +108,7 @@ class GenerateJob:
         from ..vectors import EmotionVectors
 
         inputs = {"data": self.data_fingerprint, "model": self.info.fingerprint}
-        if "steered" in self.cfg.conditions:
+        if set(STEERED_CONDITIONS) & set(self.cfg.conditions):
             if path is None:
                 raise ConfigError("--vectors: the steered condition needs an EV file")
             self.evs, self.vectors = EmotionVectors.load(path), Path(path)
@@ -116,7 +120,7 @@ class GenerateJob:
 
 
 def _prompt_key(entry: dict[str, Any]) -> tuple[str, str | None]:
-    return ("prompt", entry["target"]) if entry["condition"] == "prompt" else ("plain", None)
+    return ("prompt", entry["target"]) if entry["condition"] in ("prompt", "prompt_steered") else ("plain", None)
 
 
 def prepare(cfg: GenerateConfig, *, info: Any = None, tok: Any = None, attach: bool = True) -> GenerateJob:
@@ -134,7 +138,7 @@ def prepare(cfg: GenerateConfig, *, info: Any = None, tok: Any = None, attach: b
                               f"(0..{info.num_layers - 1}, or negative from the end)")
     queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed)
     tok = tok or load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    cond = Conditioning(strategy=cfg.conditioning, prompt_format=cfg.prompt_format)
+    cond = Conditioning.of(cfg)
     entries = grid(cfg)
     prompts: dict[tuple[str, str | None], list[list[int]]] = {}
     for entry in entries:
@@ -187,7 +191,7 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     from tqdm.auto import tqdm
 
     from ..fold import BiasSlots
-    from ..generation import compile_options
+    from ..generation import BAR_FORMAT, bar_stepper, compile_options
     from ..generation import generate as gen
     from ..models import describe
     from ..runtime import Preemption, my_batches
@@ -196,6 +200,8 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
 
     assert job.out is not None
     cfg, entries, queries, evs = job.cfg, job.entries, job.queries, job.evs
+    if evs is not None and cfg.min_split_half is not None:
+        evs = evs.reliable_layers(cfg.min_split_half)
     rank, world = fabric.global_rank, fabric.world_size
     preempt = Preemption()
     wd = WorkDir(job.out)
@@ -215,12 +221,13 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     if cfg.compile is not None:  # fast path: steering lives in biases set in place; the compiled step never changes
         slots = BiasSlots(model, site=site, layers=cfg.layers, layers_path=cfg.layers_path)
     rows_total = sum(len(jobs[b]) for b in mine)
-    bar = tqdm(total=rows_total, initial=sum(len(jobs[b]) for b in mine if b in done), disable=rank != 0,
-               desc=f"generate ({world} proc)", unit="resp", dynamic_ncols=True)
+    finished = sum(len(jobs[b]) for b in mine if b in done)
+    bar = tqdm(total=rows_total, initial=finished, disable=rank != 0, desc=f"generate ({world} proc)", unit="resp",
+               dynamic_ncols=True, bar_format=BAR_FORMAT)
     try:
         if slots is not None:
             opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
-            probe = next((en for en in entries if en["condition"] == "steered" and en["alpha"]), None)
+            probe = next((en for en in entries if en["condition"] in STEERED_CONDITIONS and en["alpha"]), None)
             if probe is not None:
                 slots.verify(direction_of(probe))  # NotFoldable before any batch runs
         for b in mine:
@@ -228,24 +235,27 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
                 continue
             cells = jobs[b]
             batch_prompts = [job.prompts_for(entries[e])[i] for e, i in cells]
-            steered = [entries[e]["condition"] == "steered" for e, _ in cells]
+            steered = [entries[e]["condition"] in STEERED_CONDITIONS for e, _ in cells]
             doses: list[float | None] = [None] * len(cells)
+            step = bar_stepper(bar, len(cells))
             if slots is not None:  # one entry per batch on this path
                 entry = entries[cells[0][0]]
                 slots.set(direction_of(entry) if steered[0] else None)
-                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, opts)
+                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, opts, step)
             elif any(steered):
                 direction, per_row = _directions(cells, entries, direction_of)
                 with steer(model, direction, layers=cfg.layers, site=site, positions=cfg.positions,
                            layers_path=cfg.layers_path, record_dose=True, per_row=per_row) as s:
-                    outs = _gen(gen, model, job.tok, batch_prompts, cfg, b)
+                    outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, None, step)
                 doses = [d if st else None for d, st in zip(s.row_doses(), steered)]
             else:
-                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b)
+                outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, None, step)
             rows = [_row(b, e, entries[e], queries[i], o, site, cfg, info, d)
                     for (e, i), o, d in zip(cells, outs, doses)]
             wd.append_rows(rank, rows)
-            bar.update(len(cells))
+            finished += len(cells)
+            bar.n = finished  # exact at each batch's end
+            bar.refresh()
             if progress is not None:
                 progress(bar.n, rows_total)
             preempt.stop_if_asked(rank)
@@ -275,8 +285,7 @@ def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,
     """
     from ..generation import make_batches
 
-    todo = [e for e, en in enumerate(entries)
-            if not (en["condition"] == "steered" and en["alpha"] == 0.0 and "unsteered" in cfg.conditions)]
+    todo = [e for e, en in enumerate(entries) if _reused_from(en, entries) is None]
     if cfg.pool_entries and cfg.compile is None:
         cells = [(e, i) for e in todo for i in range(n_queries)]
         chunks = make_batches([len(prompts_for(entries[e])[i]) for e, i in cells], cfg.batch_size)
@@ -288,6 +297,16 @@ def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,
     return jobs
 
 
+def _reused_from(entry: dict[str, Any], entries: list[dict[str, Any]]) -> int | None:
+    """The entry whose rows an alpha = 0 entry repeats bit for bit (a zero direction changes
+    nothing): steered -> unsteered, prompt_steered -> the same target's prompt baseline."""
+    if entry["alpha"] != 0.0 or entry["condition"] not in STEERED_CONDITIONS:
+        return None
+    want = ("unsteered", None) if entry["condition"] == "steered" else ("prompt", entry["target"])
+    return next((i for i, en in enumerate(entries)
+                 if en["condition"] == want[0] and (want[1] is None or en["target"] == want[1])), None)
+
+
 def _directions(cells: list[tuple[int, int]], entries: list[dict[str, Any]], direction_of: Any) -> tuple[Any, bool]:
     """The batch's steering: one shared direction if every row has the same entry, else one
     direction per row (zeros for unsteered and prompt-baseline rows)."""
@@ -296,20 +315,20 @@ def _directions(cells: list[tuple[int, int]], entries: list[dict[str, Any]], dir
     used = {e for e, _ in cells}
     if len(used) == 1:
         return direction_of(entries[next(iter(used))]), False
-    dirs = {e: direction_of(entries[e]) for e in used if entries[e]["condition"] == "steered"}
+    dirs = {e: direction_of(entries[e]) for e in used if entries[e]["condition"] in STEERED_CONDITIONS}
     zero = torch.zeros_like(next(iter(dirs.values())))
     return torch.stack([dirs.get(e, zero) for e, _ in cells]), True
 
 
 def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int,
-         compiled: dict[str, Any] | None = None) -> Any:
+         compiled: dict[str, Any] | None = None, on_step: Any = None) -> Any:
     return gen(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch, compiled=compiled)
+               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch, compiled=compiled, on_step=on_step)
 
 
 def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateConfig, info: dict,
          dose: float | None) -> dict[str, Any]:
-    steered = entry["condition"] == "steered"
+    steered = entry["condition"] in STEERED_CONDITIONS
     return {
         "batch": b, "entry": e, "id": q.id, "index": q.index, "query": q.query, "query_emotion": q.emotion,
         "condition": entry["condition"], "target": entry["target"], "weights": entry["weights"],
@@ -324,16 +343,16 @@ def _merge(wd: Any, entries: list[dict], queries: list, out: Path) -> None:
     got: dict[tuple[int, int], dict] = {}
     for r in wd.read_rows():
         got[(r["entry"], r["index"])] = r  # a batch redone after a kill: same rows, kept once
-    unsteered = next((i for i, en in enumerate(entries) if en["condition"] == "unsteered"), None)
     rows, missing = [], []
     for e, entry in enumerate(entries):
+        same = _reused_from(entry, entries)
         for q in queries:
             r = got.get((e, q.index))
-            if r is None and entry["condition"] == "steered" and entry["alpha"] == 0.0 and unsteered is not None:
-                base = got.get((unsteered, q.index))
-                if base is not None:
-                    r = {**base, "entry": e, "condition": "steered", "target": entry["target"],
-                         "weights": entry["weights"], "alpha": 0.0, "dose": 0.0, "reused_from": "unsteered"}
+            if r is None and same is not None and (e, q.index) not in got and (same, q.index) in got:
+                base = got[(same, q.index)]
+                r = {**base, "entry": e, "condition": entry["condition"], "target": entry["target"],
+                     "weights": entry["weights"], "alpha": 0.0, "dose": 0.0,
+                     "reused_from": entries[same]["condition"]}
             if r is None:
                 missing.append((e, q.id))
                 continue

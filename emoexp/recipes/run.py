@@ -207,9 +207,9 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     from tqdm.auto import tqdm
 
     from ..eval.cache import ScoreCache
-    from ..perplexity import register_loaded
+    from ..eval.perplexity import register_loaded
+    from ..eval.stats import aggregate, gain
     from ..plots import save_all_plots
-    from ..scoring import aggregate
     from ..tracking.meta import child_key
     from ..workdir import WorkDir
 
@@ -225,7 +225,9 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     keys = [child_key(c, tg, a) for c, tg, a in zip(gens["condition"], gens["target"], gens["alpha"])]
     gens["_key"] = keys
     done = study.finished_children() if study is not None else set()
-    frames = []
+    frames: list[Any] = []
+    base: Any = None  # the unsteered rows (the first group): each child's gain is measured against them
+    gains: dict[str, dict[str, float]] = {}
     groups = list(gens.groupby("_key", sort=False))
     bar = tqdm(total=len(gens), desc="evaluate", unit="resp", dynamic_ncols=True)
     for chunk in _chunks(groups, 256):  # scored together, logged one child at a time as soon as scored
@@ -237,9 +239,12 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
         for key, _ in chunk:
             table = scored[scored["_key"] == key].drop(columns=["_key"]).reset_index(drop=True)
             frames.append(table)
+            if table["condition"].iloc[0] == "unsteered":
+                base = table
+            gains[key] = gain(table, base) if base is not None and table["condition"].iloc[0] != "unsteered" else {}
             if study is not None and key not in done:
                 row = aggregate(table, by=["condition", "target", "alpha"]).to_dict(orient="records")[0]
-                study.log_child(row, table)
+                study.log_child({**row, **gains[key]}, table)
         bar.update(len(rows))
         if study is not None:
             study.progress("evaluate", bar.n, len(gens))
@@ -247,6 +252,10 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     table = pd.concat(frames, ignore_index=True)
     table.to_json(out_dir / "scores.jsonl", orient="records", lines=True, force_ascii=False)
     agg = aggregate(table, by=["condition", "target", "alpha"])
+    keys = [child_key(c, tg, a) for c, tg, a in zip(agg["condition"], agg["target"], agg["alpha"])]
+    extra = pd.DataFrame([gains.get(k, {}) for k in keys], index=agg.index)
+    agg = pd.concat([agg, extra.reindex(columns=["gain", "gain_ci_low", "gain_ci_high", "topic_ratio",
+                                                 "repetition_ratio"])], axis=1)
     agg.to_csv(out_dir / "aggregate.csv", index=False)
     timings["evaluate_s"] = time.time() - t
     plots = save_all_plots(None if study is not None else job.extract.out, agg, out_dir / "plots")

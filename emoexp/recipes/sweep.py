@@ -88,6 +88,7 @@ def expand(cfg: SweepConfig) -> list[tuple[dict[str, Any], RunConfig]]:
     """
     base = {k: v for k, v in to_dict(cfg).items() if k not in _SWEEP_ONLY}
     base["limit"] = None  # already applied to extract.limit / generate.limit
+    base["out_dir"] = None  # each point's folder follows from its identity
     base.setdefault("evs_dir", None)
     base["evs_dir"] = base["evs_dir"] or str(Path(cfg.sweep_dir) / "evs")
     axes = [_axis(g) for g in cfg.grid]
@@ -156,8 +157,11 @@ def summarize(points: list[tuple[dict, Path]], out: Path) -> Path:
         agg_path = Path(folder) / "aggregate.csv"
         if not agg_path.is_file():
             continue
-        rows.extend({**{k: json.dumps(v) for k, v in point.items()}, "folder": str(folder), **r}
-                    for r in best_per_target(pd.read_csv(agg_path)))
+        agg = pd.read_csv(agg_path)
+        for condition in ("steered", "prompt_steered"):
+            if (agg["condition"] == condition).any():
+                rows.extend({**{k: json.dumps(v) for k, v in point.items()}, "folder": str(folder), **r}
+                            for r in best_per_target(agg, condition=condition))
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sweep.csv", index=False)
@@ -166,19 +170,21 @@ def summarize(points: list[tuple[dict, Path]], out: Path) -> Path:
     return out / "sweep.md"
 
 
-def best_per_target(agg: Any, min_topic_ratio: float = 0.8, max_rep_ratio: float = 1.5) -> list[dict[str, Any]]:
+def best_per_target(agg: Any, min_topic_ratio: float = 0.8, max_rep_ratio: float = 1.5,
+                    condition: str = "steered") -> list[dict[str, Any]]:
     """For each target: the alpha with the largest target-probability gain over unsteered among
-    those keeping topic >= ``min_topic_ratio`` x and repetition <= ``max_rep_ratio`` x unsteered."""
+    those keeping topic >= ``min_topic_ratio`` x and repetition <= ``max_rep_ratio`` x unsteered
+    (``condition``: ``steered``, or ``prompt_steered`` for the emotional prompt plus the EV)."""
     unst = agg[agg["condition"] == "unsteered"].iloc[0]
     out = []
-    for tgt in sorted(agg.loc[agg["condition"] == "steered", "target"].dropna().unique()):
+    for tgt in sorted(agg.loc[agg["condition"] == condition, "target"].dropna().unique()):
         col = f"p_{tgt}"
         if col not in agg.columns:
             continue
         base = float(unst[col])
         prompt = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
-        rows = agg[(agg["condition"] == "steered") & (agg["target"] == tgt)]
-        best: dict[str, Any] = {"target": tgt, "unsteered": base,
+        rows = agg[(agg["condition"] == condition) & (agg["target"] == tgt)]
+        best: dict[str, Any] = {"target": tgt, "condition": condition, "unsteered": base,
                                 "prompt_gain": float(prompt[col].iloc[0]) - base if len(prompt) else math.nan}
         cands = []
         for _, r in rows.iterrows():

@@ -15,8 +15,12 @@ Example:
 
 from __future__ import annotations
 
-from .read import load_children, search_all
-from .store import TrackingError, check_store, tracking_uri
-from .study import Study, log_study
+from .._lazy import lazy_getattr
+
+_LAZY = {"load_children": "read", "search_all": "read", "TrackingError": "store", "check_store": "store",
+         "tracking_uri": "store", "Study": "study", "log_study": "study"}
 
 __all__ = ["Study", "TrackingError", "check_store", "load_children", "log_study", "search_all", "tracking_uri"]
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

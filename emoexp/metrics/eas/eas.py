@@ -1,41 +1,25 @@
-"""Emotion Absolute Score (EAS): an LLM judge rates each of the five emotions 0–100.
-
-Backends: ``judge`` (an OpenAI-compatible endpoint from ``EMOEXP_JUDGE_*`` or
-``judge_config``) or ``hf:<model>`` (a local chat model). Replies must be strict JSON; invalid
-replies are retried, then give ``None`` with the reason in ``errors``; out-of-range values
-are clamped (``clamped``). There is deliberately no offline stand-in under this name.
-"""
+"""Emotion Absolute Score (EAS): an LLM judge rates each of the five emotions 0–100 (emoexp.eval.judge)."""
 
 import datasets
 import evaluate
 
-from emoexp.judge import get_judge, rate_emotions
+from emoexp.eval.judge import get_judge, rate_emotions
 
 
 class EmotionAbsoluteScore(evaluate.Metric):
-    """Per-text 0–100 judge rating of anger, disgust, fear, joy and sadness."""
+    """Per-text 0–100 judge rating of anger, disgust, fear, joy and sadness (no offline stand-in)."""
 
     def _info(self):
         return evaluate.MetricInfo(
-            description=__doc__,
-            citation="arXiv 2502.04075 (EAS)",
-            inputs_description=(
-                "predictions: texts. judge: 'judge' (HTTP endpoint) | 'hf:<model>'. "
-                "judge_config: emoexp.judge.JudgeConfig (default: from EMOEXP_JUDGE_* variables)."
-            ),
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+            description=__doc__, citation="arXiv 2502.04075 (EAS)",
+            inputs_description="predictions: texts. judge: 'judge' (HTTP endpoint) | 'hf:<model>'. "
+                               "judge_config: emoexp.eval.judge.JudgeConfig (default: EMOEXP_JUDGE_* variables).",
+            features=datasets.Features({"predictions": datasets.Value("string")}))
 
     def _compute(self, predictions, judge="judge", judge_config=None, progress=False):
         if judge != "judge" and not judge.startswith("hf:"):
             raise ValueError(f"EAS needs an LLM judge ('judge' or 'hf:<model>'), not {judge!r}")
         j = get_judge(judge, judge_config)
         ratings = rate_emotions(j, predictions, progress=progress)
-        return {
-            "scores": [r.scores for r in ratings],
-            "errors": [r.error for r in ratings],
-            "clamped": [r.clamped for r in ratings],
-            "truncated": [r.truncated for r in ratings],
-            "backend": j.backend,
-            "model": j.model_id,
-        }
+        return {"scores": [r.scores for r in ratings], "errors": [r.error for r in ratings],
+                "clamped": [r.clamped for r in ratings], "truncated": [r.truncated for r in ratings], **j.describe()}

@@ -43,11 +43,11 @@ class ReferenceLM:
     """
 
     def __init__(self, spec: str = "smollm2", *, max_length: int | None = None, batch_size: int = 8):
-        from .models import SMOLLM2, SMOLLM2_HUB_ID, load_model
+        from ..models import ALIASES, load_model
 
         self.spec = spec
         self.model, self.tokenizer = _LOADED.get(spec) or load_model(spec)
-        self.model_id = SMOLLM2_HUB_ID if spec == SMOLLM2 else spec
+        self.model_id = ALIASES[spec].hub_id if spec in ALIASES else spec
         context = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(min(max_length or context, context))
         self.batch_size = batch_size

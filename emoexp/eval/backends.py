@@ -1,9 +1,9 @@
 """Which backend computes each metric: the :class:`Backends` settings and named presets.
 
-``offline`` (default) needs no network: MiniLM zero-shot EPS, MiniLM cosine topic,
-SmolLM2-135M-Instruct perplexity, no EAS. ``paper`` is the paper's setup: bart-large-mnli EPS
-(by hub id) and an LLM judge for topic and EAS (``EMOEXP_JUDGE_*``); set ``perplexity`` to
-the unsteered model being studied.
+``offline`` (default) needs no network: the trained MiniLM emotion head for EPS (the old
+zero-shot scorer is ``eps: minilm-zeroshot``), MiniLM cosine for topic, SmolLM2-135M-Instruct
+perplexity (the pipeline sets it to the studied model), no EAS. ``paper`` is the paper's setup:
+bart-large-mnli EPS (by hub id) and an LLM judge for topic and EAS (``EMOEXP_JUDGE_*``).
 
 Example:
     >>> Backends.resolve({"preset": "paper", "perplexity": "Qwen/Qwen2.5-7B-Instruct"}).eps
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .judge import JudgeConfig
-from .vectors import EMOTIONS
-from .zeroshot import DEFAULT_TEMPLATE
 
 __all__ = ["PRESETS", "Backends"]
 
@@ -35,17 +33,16 @@ class Backends:
     """Which backend computes each metric.
 
     Attributes:
-        eps: ``minilm`` | ``embed:<encoder>`` | ``nli:<model>`` (e.g. ``nli:facebook/bart-large-mnli``).
+        eps: ``minilm`` | ``minilm-zeroshot`` | ``minilm-ensemble`` | ``minilm-proto`` |
+            ``embed:<encoder>`` | ``nli:<model>`` (:mod:`emoexp.eval.classifiers`).
         topic: ``minilm`` | ``embed:<encoder>`` | ``judge`` | ``hf:<model>``.
         perplexity: reference LM, any :func:`emoexp.models.load_model` spec (the paper: the
             unsteered model being studied).
         eas: ``None`` (EAS not computed) | ``judge`` | ``hf:<model>``.
         judge: endpoint settings (default: ``EMOEXP_JUDGE_*`` variables).
-        labels: emotion labels for EPS.
-        template: EPS hypothesis template.
         max_length: perplexity context cap in tokens (default: the model's context).
         batch_size: perplexity batch size.
-        progress: show tqdm bars.
+        progress: show progress bars.
     """
 
     eps: str = "minilm"
@@ -53,20 +50,13 @@ class Backends:
     perplexity: str = "smollm2"
     eas: str | None = None
     judge: JudgeConfig | None = None
-    labels: tuple[str, ...] = EMOTIONS
-    template: str = DEFAULT_TEMPLATE
     max_length: int | None = None
     batch_size: int = 8
     progress: bool = False
 
     @classmethod
     def resolve(cls, backend: str | Mapping[str, Any] | Backends | None) -> Backends:
-        """``None``/``"offline"``, ``"paper"``, a dict of overrides (may hold ``preset``), or a Backends.
-
-        Example:
-            >>> Backends.resolve({"preset": "paper", "perplexity": "Qwen/Qwen2.5-7B-Instruct"}).eps
-            'nli:facebook/bart-large-mnli'
-        """
+        """``None``/``"offline"``, ``"paper"``, a dict of overrides (may hold ``preset``), or a Backends."""
         if isinstance(backend, Backends):
             return backend
         if backend is None or isinstance(backend, str):
@@ -80,3 +70,8 @@ class Backends:
         if unknown:
             raise ValueError(f"unknown backend settings {unknown}: known are {sorted(fields)}")
         return cls(**{**PRESETS[preset], **over})
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape numbers (for provenance and the score cache), judge key excluded."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("judge", "progress")} | (
+            {"judge_model": self.judge.model} if self.judge else {})

@@ -1,13 +1,16 @@
-"""An LLM judge: an OpenAI-compatible chat-completions endpoint, or a local HF chat model.
+"""An LLM judge (EAS and judged topic): an OpenAI-compatible endpoint, or a local HF chat model.
 
-Configure the endpoint with ``EMOEXP_JUDGE_BASE_URL`` (e.g. ``http://host:8000/v1``),
-``EMOEXP_JUDGE_MODEL`` and ``EMOEXP_JUDGE_API_KEY``, or pass a :class:`JudgeConfig`. Replies
-must be one JSON object (a ```json fence around it is tolerated); each score must be a
-number and is clamped to 0–100. Transport failures (refused, timeout, HTTP 408/429/5xx) are
-retried with exponential backoff and then raise :class:`JudgeUnavailableError`, which
-carries the ratings already finished; invalid replies are asked again and, after the last
-try, give a rating with ``scores=None`` and the reason. The API key is sent only in the
-``Authorization`` header: it never appears in a rating, a log line or an error message.
+The endpoint is reached with the ``openai`` client (``pip install 'emoexp[judge]'``), which
+owns the transport: timeouts, and retries with exponential backoff of connection errors and
+HTTP 408/409/429/5xx. Configure it with ``EMOEXP_JUDGE_BASE_URL`` (e.g. ``http://host:8000/v1``),
+``EMOEXP_JUDGE_MODEL`` and ``EMOEXP_JUDGE_API_KEY``, or pass a :class:`JudgeConfig`. A reply must
+be one JSON object (a ```json fence around it is tolerated) whose fields a pydantic model checks:
+each score a finite number (not a bool or a string), then clamped to 0–100 and flagged. An
+invalid reply is shown back to the model with a reminder and asked again; after the last try the
+rating has ``scores=None`` and the reason. A judge that stops answering raises
+:class:`JudgeUnavailableError`, carrying the ratings already finished. The API key is sent only
+in the ``Authorization`` header: every message passes through :func:`emoexp.redact.scrub_text`
+and the key itself is blanked.
 
 Example:
     >>> judge = get_judge("judge")                     # reads EMOEXP_JUDGE_*  # doctest: +SKIP
@@ -18,36 +21,18 @@ Example:
 from __future__ import annotations
 
 import functools
-import http.client
 import json
-import math
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .vectors import EMOTIONS
+from ..redact import scrub_text
+from ..vocab import EMOTIONS
 
-if TYPE_CHECKING:
-    from .judge_local import LocalJudge
-
-__all__ = [
-    "HTTPJudge",
-    "JudgeConfig",
-    "JudgeError",
-    "JudgeReplyError",
-    "JudgeUnavailableError",
-    "Rating",
-    "get_judge",
-    "parse_scores",
-    "rate",
-    "rate_emotions",
-    "rate_topic",
-]
+__all__ = ["HTTPJudge", "JudgeConfig", "JudgeError", "JudgeReplyError", "JudgeUnavailableError", "LocalJudge",
+           "Rating", "get_judge", "parse_scores", "rate", "rate_emotions", "rate_topic"]
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "EMOEXP_JUDGE_BASE_URL", "EMOEXP_JUDGE_MODEL", "EMOEXP_JUDGE_API_KEY"
 SYSTEM = "You are a careful annotator of text. You answer with one JSON object and nothing else."
@@ -93,7 +78,6 @@ class JudgeConfig:
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0  #: seconds per HTTP request
     max_retries: int = 3  #: extra tries after a transport failure or an invalid reply
-    backoff: float = 1.0  #: seconds before the first retry, doubled each time
     temperature: float = 0.0
     max_tokens: int = 256
     json_mode: bool = True  #: send ``response_format={"type": "json_object"}``
@@ -107,7 +91,7 @@ class JudgeConfig:
             JudgeError: no base URL or no model configured.
         """
         values: dict[str, Any] = {"base_url": os.environ.get(ENV_BASE_URL), "model": os.environ.get(ENV_MODEL),
-                  "api_key": os.environ.get(ENV_API_KEY) or None}
+                                  "api_key": os.environ.get(ENV_API_KEY) or None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["base_url"] or not values["model"]:
             raise JudgeError(f"no LLM judge configured: set {ENV_BASE_URL} and {ENV_MODEL} "
@@ -126,100 +110,128 @@ class Rating:
     truncated: bool = False
 
 
-def _strip_userinfo(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", url)
-
-
 class HTTPJudge:
-    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint (the ``openai`` client)."""
 
     backend = "llm-judge"
 
     def __init__(self, config: JudgeConfig):
+        try:
+            import openai
+        except ImportError as e:
+            raise JudgeError("the HTTP judge needs the openai client: pip install 'emoexp[judge]'") from e
         self.config = config
-        base = config.base_url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model_id = config.model
         self.max_retries = config.max_retries
+        base = config.base_url.rstrip("/").removesuffix("/chat/completions")
+        self.url = scrub_text(base + "/chat/completions")
+        self._client = openai.OpenAI(base_url=base, api_key=config.api_key or "none", timeout=config.timeout,
+                                     max_retries=config.max_retries)
 
     def __repr__(self) -> str:
         return f"HTTPJudge({self.describe()})"
 
     def describe(self) -> dict[str, Any]:
         """Backend, model and (credential-free) URL for provenance records."""
-        return {"backend": self.backend, "model": self.model_id, "url": _strip_userinfo(self.url)}
+        return {"backend": self.backend, "model": self.model_id, "url": self.url}
 
     def redact(self, text: str) -> str:
         """``text`` with the API key and URL credentials blanked out."""
         key = self.config.api_key
-        text = _strip_userinfo(text)
+        text = scrub_text(text)
         return text.replace(key, "***") if key else text
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        """The assistant's reply text for ``messages``, retrying transport failures.
+        """The assistant's reply text for ``messages`` (the client retries transport failures).
 
         Raises:
             JudgeUnavailableError: no answer after ``1 + max_retries`` tries.
-            JudgeError: the endpoint rejected the request (HTTP 4xx other than 408/429).
+            JudgeError: the endpoint rejected the request (HTTP 4xx other than 408/409/429).
             JudgeReplyError: the response is not a chat completion.
         """
+        import openai
+
         cfg = self.config
-        body: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                                "max_tokens": cfg.max_tokens}
-        if cfg.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        headers = {"Content-Type": "application/json"}
-        if cfg.api_key:
-            headers["Authorization"] = f"Bearer {cfg.api_key}"
-        data = json.dumps(body).encode()
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                time.sleep(cfg.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=cfg.timeout) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as e:
-                detail = e.read(300).decode("utf-8", "replace") if e.fp else ""
-                if e.code in (408, 429) or e.code >= 500:
-                    last = f"HTTP {e.code} {e.reason}"
-                    continue
-                raise JudgeError(self.redact(f"judge at {self.url} rejected the request: HTTP {e.code} "
-                                             f"{e.reason}: {detail}")) from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"timed out after {cfg.timeout:g} s" if isinstance(reason, TimeoutError) else str(reason)
-                continue
-            try:
-                content = json.loads(raw)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise JudgeReplyError(self.redact(f"not a chat completion: {raw[:200]!r}")) from None
-            if not isinstance(content, str):
-                raise JudgeReplyError(f"empty reply content ({type(content).__name__})")
-            return content
-        raise JudgeUnavailableError(self.redact(f"judge at {self.url} ({cfg.model}) unreachable after "
-                                                f"{cfg.max_retries + 1} tries: {last}"))
+        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
+        tries = f"unreachable after {cfg.max_retries + 1} tries"
+        try:
+            resp = self._client.chat.completions.create(model=cfg.model, messages=messages,  # type: ignore[arg-type]
+                                                        temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                                                        **extra)  # type: ignore[call-overload]
+        except openai.APITimeoutError:
+            raise JudgeUnavailableError(f"judge at {self.url} ({cfg.model}) {tries}: timed out after "
+                                        f"{cfg.timeout:g} s") from None
+        except openai.APIConnectionError as e:
+            raise JudgeUnavailableError(self.redact(f"judge at {self.url} ({cfg.model}) {tries}: {e}")) from None
+        except openai.APIStatusError as e:
+            detail = self.redact(f"HTTP {e.status_code}: {str(e.response.text)[:200]}")
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise JudgeUnavailableError(f"judge at {self.url} ({cfg.model}) {tries}: {detail}") from None
+            raise JudgeError(f"judge at {self.url} rejected the request: {detail}") from None
+        except (ValueError, TypeError) as e:  # a body that is not a chat completion
+            raise JudgeReplyError(self.redact(f"not a chat completion: {e}")) from None
+        content = resp.choices[0].message.content if getattr(resp, "choices", None) else None
+        if not isinstance(content, str):
+            raise JudgeReplyError(f"not a chat completion, or an empty reply ({type(content).__name__})")
+        return content
+
+
+class LocalJudge:
+    """A judge that is a local Hugging Face chat model (greedy decoding); its replies go through
+    the same parsing, retries and clamping as the HTTP judge's.
+
+    Args:
+        spec: an :func:`emoexp.models.load_model` spec with a chat template.
+        max_new_tokens: reply length limit.
+        max_retries: extra tries after an invalid reply.
+    """
+
+    backend = "hf-judge"
+
+    def __init__(self, spec: str, *, max_new_tokens: int = 96, max_retries: int = 2):
+        from ..models import load_model
+
+        self.model_id = spec
+        self.model, self.tokenizer = load_model(spec)
+        self.max_new_tokens, self.max_retries = max_new_tokens, max_retries
+        self.config = JudgeConfig("local", spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_id}
+
+    def redact(self, text: str) -> str:
+        return text
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        with torch.inference_mode():
+            out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False)
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @functools.lru_cache(maxsize=2)
 def _local_judge(spec: str) -> LocalJudge:
-    from .judge_local import LocalJudge
-
     return LocalJudge(spec)
 
 
 def get_judge(spec: str = "judge", config: JudgeConfig | None = None) -> HTTPJudge | LocalJudge:
-    """A judge from a spec: ``judge`` (HTTP, ``config`` or ``EMOEXP_JUDGE_*``) or ``hf:<model spec>``.
-
-    Example:
-        >>> get_judge("hf:smollm2")                                    # doctest: +SKIP
-    """
+    """A judge from a spec: ``judge`` (HTTP, ``config`` or ``EMOEXP_JUDGE_*``) or ``hf:<model spec>``."""
     if spec in ("judge", "http"):
         return HTTPJudge(config or JudgeConfig.from_env())
     if spec.startswith("hf:"):
         return _local_judge(spec[3:])
     raise ValueError(f"unknown judge {spec!r}: use 'judge' (HTTP endpoint) or 'hf:<model>'")
+
+
+@functools.cache
+def _reply_model(keys: tuple[str, ...]) -> Any:
+    from pydantic import ConfigDict, Field, create_model
+
+    fields: dict[str, Any] = {k: (float, Field(allow_inf_nan=False)) for k in keys}
+    return create_model("JudgeReply", __config__=ConfigDict(strict=True, extra="ignore"), **fields)
 
 
 def parse_scores(reply: str, keys: Sequence[str], lo: float = 0.0, hi: float = 100.0) -> tuple[dict[str, float], bool]:
@@ -232,6 +244,8 @@ def parse_scores(reply: str, keys: Sequence[str], lo: float = 0.0, hi: float = 1
         >>> parse_scores('{"topic": 140}', ["topic"])
         ({'topic': 100.0}, True)
     """
+    from pydantic import ValidationError
+
     text = reply.strip()
     fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.DOTALL)
     text = fence.group(1) if fence else text
@@ -241,17 +255,17 @@ def parse_scores(reply: str, keys: Sequence[str], lo: float = 0.0, hi: float = 1
         raise JudgeReplyError(f"reply is not JSON: {reply[:120]!r}") from None
     if not isinstance(obj, dict):
         raise JudgeReplyError(f"reply is JSON but not an object: {reply[:120]!r}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise JudgeReplyError(f"reply lacks {missing}: {reply[:120]!r}")
-    scores, clamped = {}, False
-    for k in keys:
-        v = obj[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise JudgeReplyError(f"{k!r} is not a finite number: {v!r}")
-        scores[k] = float(min(max(v, lo), hi))
-        clamped |= scores[k] != v
-    return scores, clamped
+    try:
+        parsed = _reply_model(tuple(keys)).model_validate(obj)
+    except ValidationError as e:
+        missing = [str(err["loc"][0]) for err in e.errors() if err["type"] == "missing"]
+        if missing:
+            raise JudgeReplyError(f"reply lacks {missing}: {reply[:120]!r}") from None
+        bad = e.errors()[0]
+        raise JudgeReplyError(f"{bad['loc'][0]!r} is not a finite number: {bad.get('input')!r}") from None
+    raw = {k: float(getattr(parsed, k)) for k in keys}
+    scores = {k: min(max(v, lo), hi) for k, v in raw.items()}
+    return scores, scores != raw
 
 
 def rate(judge: HTTPJudge | LocalJudge, prompts: Sequence[str], keys: Sequence[str], *,
@@ -302,33 +316,19 @@ def _fill(template: str, **values: str) -> str:
     return re.sub(r"<(QUERY|TEXT)>", lambda m: values[m.group(1)], template)
 
 
-def _max_chars(judge: HTTPJudge | LocalJudge) -> int:
-    return judge.config.max_chars if isinstance(judge, HTTPJudge) else 8000
-
-
 def rate_emotions(judge: HTTPJudge | LocalJudge, texts: Sequence[str], *, progress: bool = False) -> list[Rating]:
-    """EAS: the judge rates each of the five emotions 0–100 for each text.
-
-    Example:
-        >>> [r.scores["joy"] for r in rate_emotions(judge, ["Yay!"])]     # doctest: +SKIP
-        [90.0]
-    """
-    cut = [_cut(t, _max_chars(judge)) for t in texts]
+    """EAS: the judge rates each of the five emotions 0–100 for each text."""
+    cut = [_cut(t, judge.config.max_chars) for t in texts]
     prompts = [_fill(EAS_PROMPT, TEXT=t) for t, _ in cut]
     return rate(judge, prompts, EMOTIONS, truncated=[c for _, c in cut], progress=progress)
 
 
 def rate_topic(judge: HTTPJudge | LocalJudge, queries: Sequence[str], responses: Sequence[str], *,
                progress: bool = False) -> list[Rating]:
-    """Topic consistency: the judge rates 0–100 how well each response stays on its query's topic.
-
-    Example:
-        >>> rate_topic(judge, ["Best pasta recipe?"], ["Boil water..."])[0].scores  # doctest: +SKIP
-        {'topic': 95.0}
-    """
+    """Topic consistency: the judge rates 0–100 how well each response stays on its query's topic."""
     if len(queries) != len(responses):
         raise ValueError(f"{len(queries)} queries for {len(responses)} responses")
-    m = _max_chars(judge)
+    m = judge.config.max_chars
     cut = [_cut(r, m) for r in responses]
     prompts = [_fill(TOPIC_PROMPT, QUERY=_cut(q, m)[0], TEXT=r) for q, (r, _) in zip(queries, cut)]
     return rate(judge, prompts, ["topic"], truncated=[c for _, c in cut], progress=progress)

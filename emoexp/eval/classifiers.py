@@ -1,0 +1,322 @@
+"""Emotion classifiers: text -> probabilities over the five emotions and ``neutral``.
+
+Backends (the ``eps`` spec of :class:`emoexp.eval.backends.Backends`):
+
+- ``minilm`` (offline default): a softmax layer (6 x 384 weights + 6 biases, 9 KB in
+  ``emoexp/data/emotion_head.safetensors``) over all-MiniLM-L6-v2 sentence embeddings,
+  trained on emoexp's own labelled replies (``emoexp/data/emotion_text_train.jsonl``, 720
+  texts) by :func:`fit_head` (``scripts/fit_emotion_head.py``). It was chosen over the others by
+  ``emoexp validate-scorer`` on text it was not fitted on (docs/evaluation.md).
+- ``minilm-zeroshot`` (the former default, kept for comparison): cosine between the text and
+  ``"This text expresses {emotion}."``; neutral is the larger of the cosine to ``"This text
+  expresses no emotion."`` and τ = 0.15; ``p = softmax(cos / 0.05)``.
+- ``minilm-ensemble``: the same with several hypothesis templates and label descriptions, cosines
+  averaged over templates and descriptions.
+- ``minilm-proto``: cosine to each label's centroid (prototype) of the training embeddings.
+- ``embed:<encoder>``: ``minilm-zeroshot`` with another sentence encoder.
+- ``nli:<model>`` (the paper's, e.g. ``nli:facebook/bart-large-mnli``): the text is the premise,
+  ``template.format(label)`` the hypothesis; ``p = softmax`` of the entailment logits over labels.
+
+Example:
+    >>> clf = get_classifier("minilm")                               # doctest: +SKIP
+    >>> clf.predict(["I am furious!"]).probs.argmax(1)                # 0 = anger
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..vocab import EMOTIONS
+from .encoders import MINILM, get_encoder
+
+__all__ = [
+    "DEFAULT_TEMPLATE", "HEAD_PATH", "LABELS", "NEUTRAL", "EmotionHead", "EmotionResult", "NLIZeroShot",
+    "Prototypes", "ZeroShot", "fit_head", "get_classifier", "load_labelled",
+]
+
+NEUTRAL = "neutral"
+#: The classifiers' labels: the five emotions, then neutral.
+LABELS = (*EMOTIONS, NEUTRAL)
+DEFAULT_TEMPLATE = "This text expresses {}."
+#: The trained head shipped with the package.
+HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "emotion_head.safetensors"
+#: Several ways to say each label, for ``minilm-ensemble``.
+DESCRIPTIONS = {
+    "anger": ("anger", "irritation and outrage", "frustration and resentment"),
+    "disgust": ("disgust", "revulsion and being grossed out", "contempt for something vile"),
+    "fear": ("fear", "worry and anxiety", "dread and nervousness"),
+    "joy": ("joy", "happiness and delight", "excitement and gratitude"),
+    "sadness": ("sadness", "grief and sorrow", "disappointment and loneliness"),
+    NEUTRAL: ("no emotion", "a calm, factual tone", "neutral information"),
+}
+ENSEMBLE_TEMPLATES = ("This text expresses {}.", "The writer feels {}.", "This reply is full of {}.")
+
+
+@dataclass
+class EmotionResult:
+    """Probabilities ``[N, len(labels)]`` (rows sum to 1), per-text truncation flags, and the
+    classifier's configuration (for provenance)."""
+
+    labels: tuple[str, ...]
+    probs: np.ndarray
+    truncated: list[bool]
+    config: dict
+
+
+def load_labelled(path: str | Path) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` of a labelled JSONL file (``text`` and ``label`` per line)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = sorted({r["label"] for r in rows} - set(LABELS))
+    if bad:
+        raise ValueError(f"{path}: unknown labels {bad}; valid: {', '.join(LABELS)}")
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+class ZeroShot:
+    """Cosine to label hypotheses (``templates`` x ``descriptions`` averaged), softmax with
+    temperature; neutral floored at ``neutral_threshold``."""
+
+    def __init__(self, encoder: str = MINILM, *, templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+                 descriptions: dict[str, Sequence[str]] | None = None, temperature: float = 0.05,
+                 neutral_threshold: float | None = 0.15, name: str = "minilm-zeroshot"):
+        self.encoder = get_encoder(encoder)
+        self.model_id = self.encoder.model_id
+        self.labels = LABELS
+        self.name, self.templates, self.temperature, self.neutral_threshold = name, tuple(templates), temperature, \
+            neutral_threshold
+        self.descriptions = descriptions or {e: (e,) for e in EMOTIONS} | {NEUTRAL: ("no emotion",)}
+        hyp = []
+        for label in self.labels:
+            phrases = [t.format(d) for t in self.templates for d in self.descriptions[label]]
+            hyp.append(torch.nn.functional.normalize(self.encoder.encode(phrases).embeddings.mean(0), dim=-1))
+        self._hyp = torch.stack(hyp)
+
+    def config(self) -> dict:
+        return {"backend": self.name, "model": self.model_id, "templates": list(self.templates),
+                "descriptions": {k: list(v) for k, v in self.descriptions.items()}, "temperature": self.temperature,
+                "neutral_threshold": self.neutral_threshold}
+
+    def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
+        enc = self.encoder.encode(texts, progress=progress)
+        cos = enc.embeddings @ self._hyp.T
+        if self.neutral_threshold is not None:
+            cos[:, -1] = cos[:, -1].clamp(min=float(self.neutral_threshold))
+        probs = torch.softmax(cos / self.temperature, dim=-1).numpy().astype(np.float64)
+        return EmotionResult(self.labels, probs, enc.truncated, self.config())
+
+
+class Prototypes:
+    """Cosine to each label's mean training embedding (unit-normed), softmax with temperature."""
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[str], encoder: str = MINILM, temperature: float = 0.05):
+        self.encoder = get_encoder(encoder)
+        self.model_id, self.labels, self.temperature = self.encoder.model_id, LABELS, temperature
+        emb = self.encoder.encode(list(texts)).embeddings
+        y = np.array([self.labels.index(lab) for lab in labels])
+        self._proto = torch.nn.functional.normalize(
+            torch.stack([emb[torch.from_numpy(y == k)].mean(0) for k in range(len(self.labels))]), dim=-1)
+
+    def config(self) -> dict:
+        return {"backend": "minilm-proto", "model": self.model_id, "temperature": self.temperature}
+
+    def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
+        enc = self.encoder.encode(texts, progress=progress)
+        probs = torch.softmax(enc.embeddings @ self._proto.T / self.temperature, dim=-1).numpy().astype(np.float64)
+        return EmotionResult(self.labels, probs, enc.truncated, self.config())
+
+
+class EmotionHead:
+    """A softmax layer over sentence embeddings: ``p = softmax(W e + b)``.
+
+    Args:
+        weight: ``[6, D]``; bias: ``[6]``.
+        meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, meta: dict | None = None, encoder: str = MINILM):
+        self.weight, self.bias, self.meta = weight.float(), bias.float(), dict(meta or {})
+        self.encoder = get_encoder(encoder)
+        self.model_id, self.labels = self.encoder.model_id, LABELS
+
+    @classmethod
+    def load(cls, path: str | Path = HEAD_PATH) -> EmotionHead:
+        """The head saved by :meth:`save` (default: the one shipped in the package)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("emoexp", "{}"))
+            return cls(f.get_tensor("weight"), f.get_tensor("bias"), meta)
+
+    def save(self, path: str | Path = HEAD_PATH) -> Path:
+        from safetensors.torch import save_file
+
+        from ..vectors import default_mode
+
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path),
+                  metadata={"emoexp": json.dumps(self.meta, sort_keys=True)})
+        default_mode(Path(path))
+        return Path(path)
+
+    def config(self) -> dict:
+        keep = ("train_fingerprint", "l2", "cv_macro_f1", "n_train", "version")
+        return {"backend": "minilm-head", "model": self.model_id, **{k: self.meta.get(k) for k in keep}}
+
+    def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
+        enc = self.encoder.encode(texts, progress=progress)
+        logits = enc.embeddings @ self.weight.T + self.bias
+        return EmotionResult(self.labels, torch.softmax(logits, -1).numpy().astype(np.float64), enc.truncated,
+                             self.config())
+
+
+def _train_softmax(x: torch.Tensor, y: torch.Tensor, l2: float, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (L2 on the weights), full-batch L-BFGS, deterministic."""
+    w = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    x64 = x.double()
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x64 @ w.T + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, classes: int) -> float:
+    f1 = []
+    for k in range(classes):
+        tp, fp, fn = np.sum((pred == k) & (y == k)), np.sum((pred == k) & (y != k)), np.sum((pred != k) & (y == k))
+        f1.append(2 * tp / max(2 * tp + fp + fn, 1))
+    return float(np.mean(f1))
+
+
+def fit_head(texts: Sequence[str], labels: Sequence[str], *,
+             l2_grid: Sequence[float] = (1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+             folds: int = 5, seed: int = 0, encoder: str = MINILM) -> EmotionHead:
+    """Fit :class:`EmotionHead` on labelled texts; the L2 strength is chosen by stratified
+    ``folds``-fold cross-validation (macro-F1) on these texts only.
+
+    Example:
+        >>> head = fit_head(*load_labelled("emoexp/data/emotion_text_train.jsonl"))   # doctest: +SKIP
+    """
+    from ..fingerprint import digest
+
+    enc = get_encoder(encoder)
+    x = enc.encode(list(texts)).embeddings
+    y = torch.tensor([LABELS.index(lab) for lab in labels])
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(y), dtype=int)
+    for k in range(len(LABELS)):  # stratified: each label's rows dealt round-robin after a seeded shuffle
+        idx = np.flatnonzero(y.numpy() == k)
+        fold_of[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    scores = {}
+    for l2 in l2_grid:
+        pred = np.zeros(len(y), dtype=int)
+        for f in range(folds):
+            tr, te = torch.from_numpy(fold_of != f), torch.from_numpy(fold_of == f)
+            w, b = _train_softmax(x[tr], y[tr], l2, len(LABELS))
+            pred[te.numpy()] = (x[te] @ w.T + b).argmax(-1).numpy()
+        scores[l2] = _macro_f1(y.numpy(), pred, len(LABELS))
+    best = max(l2_grid, key=lambda v: (scores[v], v))
+    w, b = _train_softmax(x, y, best, len(LABELS))
+    meta = {"version": 1, "encoder": enc.model_id, "labels": list(LABELS), "l2": best, "folds": folds, "seed": seed,
+            "cv_macro_f1": {str(k): round(v, 4) for k, v in scores.items()}, "n_train": len(y),
+            "train_fingerprint": digest([list(texts), list(labels)])}
+    return EmotionHead(w, b, meta, encoder)
+
+
+class NLIZeroShot:
+    """Zero-shot emotion with an NLI model (premise = text, hypothesis per label).
+
+    Args:
+        model: NLI model id or folder (``facebook/bart-large-mnli``, ``roberta-large-mnli``, ...).
+        template: hypothesis template with one ``{}``; ``neutral`` uses the phrase ``"no emotion"``.
+        max_length: premise + hypothesis tokens kept (the premise is truncated and flagged).
+        batch_size: pairs per forward pass.
+    """
+
+    def __init__(self, model: str, *, template: str = DEFAULT_TEMPLATE, max_length: int | None = None,
+                 batch_size: int = 16):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model_id = model
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model).eval().requires_grad_(False)
+        names = {i: str(n).lower() for i, n in self.model.config.id2label.items()}
+        ent = [i for i, n in names.items() if n.startswith("entail")]
+        if not ent:
+            raise ValueError(f"{model!r} is not an NLI model: labels {sorted(names.values())} have no 'entailment'")
+        self.entail = int(ent[0])
+        self.labels = LABELS
+        self.hypotheses = [template.format(x) for x in (*EMOTIONS, "no emotion")]
+        self.template = template
+        limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
+        self.max_length = int(min(max_length or 1024, limit, self.tokenizer.model_max_length or limit))
+        self.batch_size = batch_size
+        # BERT-style tokenizers return token_type_ids that BART-style models do not take.
+        self._inputs = set(inspect.signature(self.model.forward).parameters)
+
+    def config(self) -> dict:
+        return {"backend": "nli-zeroshot", "model": self.model_id, "template": self.template,
+                "hypotheses": list(self.hypotheses)}
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
+        texts = list(texts)
+        k = len(self.hypotheses)
+        hyp_len = max(len(self.tokenizer(h)["input_ids"]) for h in self.hypotheses)
+        prem_len = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        truncated = [n + hyp_len + 2 > self.max_length for n in prem_len]  # a pair's special tokens: at most 4
+        pairs = [(t, h) for t in texts for h in self.hypotheses]
+        logits = torch.zeros(len(pairs))
+        starts = range(0, len(pairs), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"nli ({self.model_id.split('/')[-1]})", unit="batch")
+        for s in starts:
+            chunk = pairs[s:s + self.batch_size]
+            batch = self.tokenizer([p for p, _ in chunk], [h for _, h in chunk], padding=True,
+                                   truncation="only_first", max_length=self.max_length, return_tensors="pt")
+            batch = {k: v for k, v in batch.items() if k in self._inputs}
+            logits[s:s + len(chunk)] = self.model(**batch).logits[:, self.entail].float()
+        probs = torch.softmax(logits.view(len(texts), k), dim=-1).numpy().astype(np.float64)
+        return EmotionResult(self.labels, probs, truncated, self.config())
+
+
+@functools.lru_cache(maxsize=8)
+def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | NLIZeroShot:
+    """A cached emotion classifier from a spec (see the module doc).
+
+    Example:
+        >>> get_classifier("minilm-zeroshot").config()["backend"]        # doctest: +SKIP
+        'minilm-zeroshot'
+    """
+    if spec == MINILM:
+        return EmotionHead.load()
+    if spec == "minilm-zeroshot":
+        return ZeroShot(MINILM)
+    if spec == "minilm-ensemble":
+        return ZeroShot(MINILM, templates=ENSEMBLE_TEMPLATES, descriptions=DESCRIPTIONS, name="minilm-ensemble")
+    if spec == "minilm-proto":
+        return Prototypes(*load_labelled(HEAD_PATH.with_name("emotion_text_train.jsonl")))
+    kind, sep, name = spec.partition(":")
+    if sep and kind == "embed":
+        return ZeroShot(name, name=f"embed:{name}")
+    if sep and kind == "nli":
+        return NLIZeroShot(name)
+    raise ValueError(f"unknown EPS backend {spec!r}: use 'minilm', 'minilm-zeroshot', 'minilm-ensemble', "
+                     "'minilm-proto', 'embed:<encoder>' or 'nli:<model>'")

@@ -1,0 +1,244 @@
+"""``emoexp validate-scorer``: the emotion scorer checked on labelled text it was not fitted on.
+
+Every number emoexp reports rests on the EPS classifier, so each backend is measured on:
+
+- ``train-cv``: emoexp's own training replies (``emoexp/data/emotion_text_train.jsonl``, 720, six
+  labels) with 5-fold cross-validation for the backends fitted on them (the head, the
+  prototypes) — the only numbers used to **choose** a backend;
+- ``ours-test``: emoexp's held-out replies (``emotion_text_test.jsonl``, 300, six labels), written
+  separately and never used for fitting or choosing;
+- ``authors``: the paper authors' per-emotion generations (Qwen2.5-7B-Instruct steered with each
+  emotion's EV at α = 2, 400 answers per emotion, label = the steering target), text nobody here
+  wrote; five labels, so predictions are the argmax over the five emotions.
+
+Reported per backend and set: accuracy, macro-F1, per-label precision / recall / F1, the
+confusion matrix (table and plot) and calibration (expected calibration error over 10 bins of
+the top probability, and a reliability plot).
+
+Example:
+    emoexp validate-scorer --out outputs/validate-scorer
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..redact import log
+from ..vocab import EMOTIONS
+
+__all__ = ["Args", "calibration", "classification_report", "main", "validate"]
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+LABELS6 = (*EMOTIONS, "neutral")
+
+
+@dataclass
+class Args:
+    """``emoexp validate-scorer``: precision, recall, F1, confusion and calibration of the EPS backends."""
+
+    backends: list[str] = field(default_factory=lambda: ["minilm", "minilm-zeroshot", "minilm-ensemble",
+                                                        "minilm-proto"])
+    """EPS backends to measure (emoexp.eval.classifiers specs)."""
+    official: str | None = "../shared/data/official"
+    """The paper authors' release (its results/emotion/<family>/<alpha>/<emotion>.json); null to skip."""
+    family: str = "Qwen2_5"
+    """Which family's per-emotion generations to use."""
+    alpha: str = "2"
+    """Which alpha's generations (the authors' folder name)."""
+    official_limit: int | None = None
+    """At most this many of the authors' answers per emotion (the first ones; null: all 400)."""
+    out: str = "outputs/validate-scorer"
+    """Folder for validation.md, validation.csv and the plots."""
+
+
+def classification_report(y: Sequence[int], pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-label precision/recall/F1/support and the confusion matrix (rows: truth).
+
+    Example:
+        >>> classification_report([0, 1, 1], [0, 1, 0], ["a", "b"])["macro_f1"]
+        0.6666666666666666
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    per = {}
+    for i, lab in enumerate(labels):
+        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        per[lab] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": int(cm[i].sum())}
+    present = [lab for lab in labels if per[lab]["support"]]
+    return {"accuracy": float((y == pred).mean()), "macro_f1": float(np.mean([per[lab]["f1"] for lab in present])),
+            "per_label": per, "confusion": cm.tolist(), "labels": list(labels)}
+
+
+def calibration(probs: np.ndarray, y: Sequence[int], bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error of the top probability, and the per-bin confidence / accuracy."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    hit = pred == np.asarray(y)
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in itertools.pairwise(edges):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            rows.append((float(conf[m].mean()), float(hit[m].mean()), int(m.sum())))
+            ece += m.mean() * abs(conf[m].mean() - hit[m].mean())
+    return {"ece": float(ece), "bins": rows}
+
+
+def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    from ..recipes.evaluate import strip_special
+
+    folder = root / "results" / "emotion" / family / alpha
+    texts, labels = [], []
+    for e in EMOTIONS:
+        for t in json.loads((folder / f"{e}.json").read_text(encoding="utf-8"))[:limit]:
+            text, _ = strip_special(t)
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+                labels.append(e)
+    return texts, labels
+
+
+def _cv_probs(backend: str, texts: list[str], labels: list[str], folds: int = 5) -> np.ndarray | None:
+    """Cross-validated probabilities on the training set for the backends fitted on it (else None)."""
+    from .classifiers import LABELS, EmotionHead, Prototypes, _train_softmax
+    from .encoders import get_encoder
+
+    if backend not in ("minilm", "minilm-proto"):
+        return None
+    import torch
+
+    x = get_encoder("minilm").encode(texts).embeddings
+    y = np.array([LABELS.index(lab) for lab in labels])
+    rng = np.random.default_rng(0)
+    fold_of = np.zeros(len(y), dtype=int)
+    for k in range(len(LABELS)):
+        idx = np.flatnonzero(y == k)
+        fold_of[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    out = np.zeros((len(y), len(LABELS)))
+    head = EmotionHead.load() if backend == "minilm" else None
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        if head is not None:
+            w, b = _train_softmax(x[torch.from_numpy(tr)], torch.from_numpy(y[tr]), head.meta["l2"], len(LABELS))
+            out[te] = torch.softmax(x[torch.from_numpy(te)] @ w.T + b, -1).numpy()
+        else:
+            proto = Prototypes([t for t, m in zip(texts, tr) if m], [lab for lab, m in zip(labels, tr) if m])
+            out[te] = proto.predict([t for t, m in zip(texts, te) if m]).probs
+    return out
+
+
+def validate(args: Args) -> dict[str, Any]:
+    """Measure every backend on every labelled set; returns ``{(backend, set): report}``."""
+    from .classifiers import get_classifier, load_labelled
+
+    sets: dict[str, tuple[list[str], list[str]]] = {
+        "train-cv": load_labelled(DATA / "emotion_text_train.jsonl"),
+        "ours-test": load_labelled(DATA / "emotion_text_test.jsonl"),
+    }
+    if args.official and (Path(args.official) / "results").is_dir():
+        sets["authors"] = _official(Path(args.official), args.family, args.alpha, args.official_limit)
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for backend in args.backends:
+        clf = get_classifier(backend)
+        for name, (texts, labels) in sets.items():
+            probs = _cv_probs(backend, texts, labels) if name == "train-cv" else None
+            if probs is None:
+                probs = clf.predict(texts).probs
+            five = name == "authors"
+            labs = EMOTIONS if five else LABELS6
+            p = probs[:, :5] / probs[:, :5].sum(1, keepdims=True) if five else probs
+            y = [labs.index(lab) for lab in labels]
+            rep = classification_report(y, p.argmax(1), labs)
+            rep.update(calibration=calibration(p, y), n=len(y), fitted_in_cv=name == "train-cv" and
+                       backend in ("minilm", "minilm-proto"))
+            results[(backend, name)] = rep
+            log(f"validate-scorer: {backend} on {name} ({len(y)}): macro-F1 {rep['macro_f1']:.3f}, "
+                f"accuracy {rep['accuracy']:.3f}, ECE {rep['calibration']['ece']:.3f}")
+    return results
+
+
+def _tables(results: dict[tuple[str, str], dict[str, Any]]) -> tuple[str, Any]:
+    import pandas as pd
+
+    rows = []
+    for (backend, name), rep in results.items():
+        row = {"backend": backend, "set": name, "n": rep["n"], "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
+               "ece": rep["calibration"]["ece"]}
+        for lab, m in rep["per_label"].items():
+            row.update({f"{lab}_p": m["precision"], f"{lab}_r": m["recall"], f"{lab}_f1": m["f1"]})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    summary = df[["backend", "set", "n", "accuracy", "macro_f1", "ece"]]
+    recall = df[["backend", "set", *[f"{lab}_r" for lab in LABELS6 if f"{lab}_r" in df]]]
+    recall.columns = [re.sub(r"_r$", " recall", c) for c in recall.columns]
+    md = ["## Summary (macro-F1 over the set's labels; ECE of the top probability)", "",
+          summary.to_markdown(index=False, floatfmt=".3f"), "", "## Recall per label", "",
+          recall.to_markdown(index=False, floatfmt=".2f", missingval="—"), ""]
+    for (backend, name), rep in results.items():
+        cm = pd.DataFrame(rep["confusion"], index=[f"true {x}" for x in rep["labels"]], columns=rep["labels"])
+        md += [f"### Confusion: {backend} on {name}", "", cm.to_markdown(), ""]
+    return "\n".join(md), df
+
+
+def _plots(results: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[Path]:
+    from ..plots import _figure
+
+    paths = []
+    for (backend, name), rep in results.items():
+        cm = np.array(rep["confusion"], dtype=float)
+        norm = cm / cm.sum(1, keepdims=True).clip(min=1)
+        fig = _figure(5.6, 4.6)
+        ax = fig.add_subplot()
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        labs = rep["labels"]
+        ax.set(xticks=range(len(labs)), yticks=range(len(labs)), xticklabels=labs, yticklabels=labs,
+               xlabel="predicted", ylabel="true", title=f"{backend} on {name} (row-normalised)")
+        ax.tick_params(axis="x", rotation=45)
+        for i in range(len(labs)):
+            for j in range(len(labs)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        path = out / f"confusion_{backend}_{name}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    for name in sorted({n for _, n in results}):
+        fig = _figure(5.6, 4.4)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        for (backend, n), rep in results.items():
+            if n == name and rep["calibration"]["bins"]:
+                conf, acc, _ = zip(*rep["calibration"]["bins"])
+                ax.plot(conf, acc, marker="o", label=f"{backend} (ECE {rep['calibration']['ece']:.2f})")
+        ax.set(xlabel="top probability (binned)", ylabel="accuracy", title=f"Reliability on {name}",
+               xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize="x-small", loc="upper left")
+        path = out / f"reliability_{name}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def main(args: Args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = validate(args)
+    md, df = _tables(results)
+    (out / "validation.md").write_text("# Emotion scorer validation\n\n" + md)
+    df.to_csv(out / "validation.csv", index=False)
+    (out / "validation.json").write_text(json.dumps({f"{b}|{n}": r for (b, n), r in results.items()}, indent=1))
+    plots = _plots(results, out)
+    print(md.split("## Recall per label")[0])
+    log(f"wrote {out}/validation.md, validation.csv, validation.json and {len(plots)} plots")
+    return 0
