@@ -18,7 +18,7 @@ Measured, each median of ``--repeats``:
      (``--modes``, e.g. ``default`` and ``reduce-overhead`` = CUDA graphs), unsteered on the
      untouched model, then steered with :class:`emoexp.fold.BiasSlots` set in place — and a
      check that the compiled path really steers (the scores change);
-  3. extraction (generation with :class:`emoexp.capture.DecodeCapture`) ÷ generation, and a
+  3. extraction (generation with :class:`emoexp.activations.DecodeCapture`) ÷ generation, and a
      16 x 512 forward with capture ÷ a plain forward.
 """
 
@@ -36,7 +36,7 @@ from report import write_section
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without emoexp installed (GPU machine)
 
 from emoexp import capture, find_layers, steer
-from emoexp.capture import DecodeCapture
+from emoexp.activations import DecodeCapture
 from emoexp.fold import BiasSlots, fold_into_bias
 from emoexp.generation import compile_options
 

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _LAZY = {
-    "ActivationSums": "capture", "capture": "capture", "scope_mask": "capture",
+    "ActivationSums": "activations", "capture": "activations", "scope_mask": "activations",
     "NotFoldable": "fold", "fold_into_bias": "fold",
     "find_layers": "layers",
     "self_test": "steering", "steer": "steering",

@@ -9,7 +9,11 @@ from typing import Any
 
 
 def lazy_getattr(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``package`` serving ``name -> submodule`` from ``names``."""
+    """A module ``__getattr__`` for ``package`` serving ``name -> submodule`` from ``names``.
+
+    A served name must not also be a submodule's name: importing ``package.name`` would bind
+    the module over the function (a test checks every package).
+    """
     def __getattr__(name: str) -> Any:
         if name in names:
             value = getattr(importlib.import_module(f".{names[name]}", package), name)

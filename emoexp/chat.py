@@ -100,7 +100,7 @@ class ChatSession:
     def reply(self, text: str) -> str:
         """Generate the assistant's reply to ``text`` under the current weights."""
         from .generation import generate
-        from .prompts import encode_prompts, uses_chat_template
+        from .prompts import encode_prompts, line_break_ids, uses_chat_template
         from .steering import steer
 
         self.history.append({"role": "user", "content": text})
@@ -109,14 +109,15 @@ class ChatSession:
         else:
             prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in self.history) + "Assistant:"
         ids = encode_prompts(self.tok, [prompt])
+        stops = [] if uses_chat_template(self.tok) else line_break_ids(self.tok)  # a base model's reply: one line
         if self.weights:
             with steer(self.model, self.evs.combine(self.weights), layers=self.layers, site=self.site,
                        positions=self.positions, record_dose=True) as s:
-                out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens)[0]
+                out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens, stop_ids=stops)[0]
             doses = s.doses()
             self.last_dose = sum(doses.values()) / len(doses) if doses else None
         else:
-            out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens)[0]
+            out = generate(self.model, self.tok, ids, max_new_tokens=self.max_new_tokens, stop_ids=stops)[0]
         self.history.append({"role": "assistant", "content": out.text})
         return out.text
 

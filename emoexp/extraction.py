@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .capture import ActivationSums, DecodeCapture, capture_groups, scope_mask
+from .activations import ActivationSums, DecodeCapture, capture_groups, scope_mask
 from .datasets import DatasetError, Query
 from .generation import capture_batch, eos_ids, generate, left_pad
 from .vocab import CAPTURES
@@ -109,6 +109,7 @@ def extract_batch(
     seed: int | None = None,
     capture: str = "decode",
     on_step: Any = None,
+    stop_ids: Sequence[int] = (),
 ) -> tuple[dict[str, ActivationSums], list[dict[str, Any]]]:
     """Generate the batch's responses and capture their activations.
 
@@ -123,13 +124,15 @@ def extract_batch(
         capture = "forward"  # a forced stop token at the limit would move with feed_last; the forward pass is exact
     if capture == "decode":
         _, prompt_mask = left_pad(prompts, pad, device)
-        with DecodeCapture(model, prompt_mask, scope, eos_ids(model, tok), max_response=max_new_tokens, site=site,
+        stops = sorted(set(eos_ids(model, tok)) | set(stop_ids))
+        with DecodeCapture(model, prompt_mask, scope, stops, max_response=max_new_tokens, site=site,
                            layers_path=layers_path) as cap:
             gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, feed_last=True,
-                            on_step=on_step)
+                            on_step=on_step, stop_ids=stop_ids)
         sums = cap.groups(groups, len(keys))
     elif capture == "forward":
-        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, on_step=on_step)
+        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, on_step=on_step,
+                        stop_ids=stop_ids)
         ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
         sums = capture_groups(model, ids, mask, scope_mask(mask, width, scope), groups, len(keys), site=site,
                               layers_path=layers_path)

@@ -78,6 +78,7 @@ def generate(
     feed_last: bool = False,
     compiled: dict[str, Any] | None = None,
     on_step: Callable[[float], None] | None = None,
+    stop_ids: Sequence[int] = (),
 ) -> list[Generated]:
     """Generate one response per prompt (token ids), batched with left padding.
 
@@ -85,11 +86,15 @@ def generate(
     call, so a batch's samples do not depend on what ran before it.
 
     ``feed_last`` runs one decoding step more and drops its token, so the last kept token is
-    fed back through the model (what :class:`emoexp.capture.DecodeCapture` needs). The kept
+    fed back through the model (what :class:`emoexp.activations.DecodeCapture` needs). The kept
     tokens are the same as without it: each step's choice depends only on the tokens before.
 
     ``on_step(fraction)`` is called after each decoding step with the fraction of the batch's
     steps it stands for (progress bars; the scores are passed through untouched).
+
+    ``stop_ids`` are extra stop tokens (e.g. line breaks for a base model's plain prompt,
+    :meth:`emoexp.prompts.Conditioning.stop_ids`): a reply ends before the first one, and has at
+    least one token (stop tokens are suppressed at the first step).
 
     ``compiled`` (from :func:`compile_options`) decodes with a static KV cache and a
     ``torch.compile``'d step; without it transformers' auto-compile is switched off, so hooks
@@ -101,9 +106,11 @@ def generate(
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad, device)
-    stops = eos_ids(model, tok)
+    stops = sorted(set(eos_ids(model, tok)) | set(stop_ids))
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens + int(feed_last), "do_sample": do_sample,
                           "pad_token_id": pad, "eos_token_id": stops or None}
+    if stop_ids:
+        kw["min_new_tokens"] = 1
     kw.update(compiled if compiled is not None else {"disable_compile": True})
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p)
@@ -123,8 +130,9 @@ def generate(
     out = model.generate(input_ids=ids, attention_mask=mask, **kw)
     new = out[:, ids.shape[1]: ids.shape[1] + max_new_tokens].tolist()
     results = []
+    stop_set = set(stops)
     for row in new:
-        cut = next((i for i, t in enumerate(row) if t in stops), None)
+        cut = next((i for i, t in enumerate(row) if t in stop_set), None)
         resp = row if cut is None else row[:cut]
         results.append(Generated(resp, tok.decode(resp, skip_special_tokens=True), cut is not None))
     return results
@@ -169,7 +177,7 @@ def capture_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``[left-padded prompt | right-padded response]`` ids and mask, and the prompt width.
 
-    This is the layout :func:`emoexp.capture.scope_mask` expects.
+    This is the layout :func:`emoexp.activations.scope_mask` expects.
     """
     p_ids, p_mask = left_pad(prompts, pad_id)
     rw = max((len(r) for r in responses), default=0)

@@ -24,7 +24,8 @@ drops it gets the system text merged into the user turn (``"{system}\\n\\n{user}
 chat template (a base model), or with ``prompt_format="plain"``, the prompt is
 ``plain_template`` (default ``"User: {user}\\nAssistant:"``, configurable per model: the query,
 its conditioning, an answer cue), preceded by ``"{system}\\n\\n"`` when there is a system text
-and followed by a prefill opener after a space.
+and followed by a prefill opener after a space; the reply then ends at its first line break
+(:meth:`Conditioning.stop_ids`), where a base model would start writing the next turn.
 
 Encoding (:func:`encode_prompts`): chat-templated text already holds the template's BOS and
 role tokens, so it is encoded with ``add_special_tokens=False``; plain text is encoded with
@@ -46,7 +47,7 @@ from typing import Any
 from .vocab import CONDITIONS, EMOTIONS, PROMPT_FORMATS, STRATEGIES
 
 __all__ = ["DEFAULT_TEMPLATES", "GENERATION_CONDITIONS", "STRATEGIES", "Conditioning", "PromptTooLong",
-           "check_lengths", "encode_prompts", "generation_prompt", "render_prompt", "uses_chat_template"]
+           "check_lengths", "encode_prompts", "generation_prompt", "line_break_ids", "render_prompt", "uses_chat_template"]
 
 GENERATION_CONDITIONS = CONDITIONS
 _INSTRUCTION = (
@@ -107,6 +108,13 @@ class Conditioning:
         assert self.emotion_template is not None and self.neutral_template is not None
         return self.neutral_template if emotion is None else self.emotion_template.replace("{emotion}", emotion)
 
+    def stop_ids(self, tokenizer: Any) -> list[int]:
+        """Extra stop tokens: none with a chat template (the template's end-of-turn token stops);
+        in the plain format a reply ends at its first line break (a base model otherwise writes
+        the next ``User:`` turn itself), so every token holding one stops generation.
+        """
+        return [] if uses_chat_template(tokenizer, self) else line_break_ids(tokenizer)
+
     def describe(self, tokenizer: Any = None) -> dict[str, str | None]:
         """The exact texts, flat (for EV metadata and MLflow params); with ``tokenizer``, also the
         prompt format it resolves to.
@@ -124,12 +132,30 @@ class Conditioning:
             "plain_template": self.plain_template,
         }
         if tokenizer is not None:
-            out["prompt_format"] = "chat" if uses_chat_template(tokenizer, self) else "plain"
+            chat = uses_chat_template(tokenizer, self)
+            out["prompt_format"] = "chat" if chat else "plain"
+            out["reply_ends_at"] = "end-of-turn token" if chat else "first line break (at least one token)"
         out.update({f"text.{e}": self.text(e) for e in EMOTIONS})
         out["text.neutral"] = self.text(None)
         out["generation"] = ("unsteered/steered: bare query (base system prompt only); "
                              "prompt: text.<emotion>, no steering")
         return out
+
+
+def line_break_ids(tokenizer: Any) -> list[int]:
+    """Ids of every vocabulary token whose text holds a line break (cached on the tokenizer).
+
+    Example:
+        >>> tok = load_tokenizer("smollm2")                    # doctest: +SKIP
+        >>> all("\\n" in tok.decode([i]) for i in line_break_ids(tok))   # doctest: +SKIP
+        True
+    """
+    cached = getattr(tokenizer, "_emoexp_line_breaks", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached = [i for i, t in enumerate(texts) if "\n" in t]
+        tokenizer._emoexp_line_breaks = cached
+    return list(cached)
 
 
 def uses_chat_template(tokenizer: Any, cond: Conditioning | None = None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,18 @@ def test_import_official_command(tmp_path, capsys):
     evs = EmotionVectors.load(out)
     assert evs.metadata["site"] == "attn" and evs.num_layers == 28
     assert "attention-output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("package", ["emoexp", "emoexp.eval", "emoexp.tracking"])
+def test_lazy_names_are_not_shadowed_by_submodules(package):
+    """A lazily served name that is also a submodule would turn into the module once anything
+    imports that submodule (``from emoexp import capture`` giving a module)."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    subs = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert not set(pkg._LAZY) & subs
+    for name, module in pkg._LAZY.items():
+        importlib.import_module(f"{package}.{module}")
+        assert not inspect.ismodule(getattr(pkg, name)), name

@@ -11,7 +11,7 @@ import torch
 from conftest import VOCAB
 
 from emoexp import capture, find_layers, scope_mask, self_test, steer
-from emoexp.capture import forward_kwargs
+from emoexp.activations import forward_kwargs
 from emoexp.layers import hidden_of, site_module
 from emoexp.steering import _hidden_size
 
@@ -121,9 +121,15 @@ def test_cached_equals_uncached_greedy_under_steering(tiny, positions):
             runs[use_cache] = tiny.generate(ids, attention_mask=torch.ones_like(ids), use_cache=use_cache, **kw)
     assert torch.equal(runs[True].sequences, runs[False].sequences)
     for a, b in zip(runs[True].scores, runs[False].scores):
-        assert (a - b).abs().max() <= 1e-4
+        assert (a - b).abs().max() <= _tol(b)
     # and steering did something during decoding (not only at the prompt)
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(plain.scores[1:], runs[True].scores[1:]))
+
+
+def _tol(ref: torch.Tensor) -> float:
+    """1e-4 absolute plus float32 rounding relative to the tensor's scale (real models' logits
+    reach ~100, where one ulp of float32 accumulated over 18 layers is ~1e-4)."""
+    return 1e-4 + 1e-5 * float(ref.abs().max())
 
 
 def _padded(rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,11 +157,11 @@ def test_left_padded_batch_equals_rows_alone(tiny, positions):
             m1 = torch.ones_like(one)
             alone.append((tiny(one).logits[0, -1], capture(tiny, one, m1, m1.bool(), site="residual")))
     for i, (logits, _) in enumerate(alone):
-        assert (batch_logits[i] - logits).abs().max() <= 1e-4
+        assert (batch_logits[i] - logits).abs().max() <= _tol(logits)
     total = alone[0][1] + alone[1][1]
     assert batch_caps.n_rows == 2 and int(batch_caps.n_tokens[0]) == 11 == int(total.n_tokens[0])
-    assert (batch_caps.row_mean_sum - total.row_mean_sum).abs().max() <= 1e-4
-    assert (batch_caps.token_sum - total.token_sum).abs().max() <= 1e-4
+    assert (batch_caps.row_mean_sum - total.row_mean_sum).abs().max() <= _tol(total.row_mean_sum)
+    assert (batch_caps.token_sum - total.token_sum).abs().max() <= _tol(total.token_sum)
 
 
 @pytest.mark.parametrize("site", ["residual", "attn", "mlp"])

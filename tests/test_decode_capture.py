@@ -2,7 +2,7 @@
 
 ``DecodeCapture`` sums the site's outputs while ``generate`` runs (prompt in the prefill,
 each response token when it is fed back, one extra step for the last token, nothing after a
-stop token). Its sums must match :func:`emoexp.capture.capture_groups` over the finished
+stop token). Its sums must match :func:`emoexp.activations.capture_groups` over the finished
 sequences up to floating-point reassociation, with exactly the same token counts.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emoexp.capture import DecodeCapture, capture_groups, scope_mask
+from emoexp.activations import DecodeCapture, capture_groups, scope_mask
 from emoexp.extraction import extract_batch, extraction_items
 from emoexp.generation import capture_batch, generate, left_pad
 
@@ -165,3 +165,34 @@ def test_forced_stop_token_falls_back_to_the_forward_pass():
     assert rows == ref_rows and all(r["finished"] for r in rows)
     for k in ref:
         assert torch.equal(got[k].token_sum, ref[k].token_sum)
+
+
+def test_extra_stop_ids_end_replies_like_a_stop_token():
+    """``stop_ids`` (a base model's line breaks) end a reply before the first one, never before
+    its first token, and decode capture still equals the forward pass over what was kept."""
+    from conftest import make_tiny
+
+    from emoexp.datasets import Query
+
+    model = make_tiny("llama")
+    model.generation_config.eos_token_id = None
+    free = generate(model, Tok(), PROMPTS, max_new_tokens=NEW)
+    stops = [free[0].response_ids[3], free[1].response_ids[0]]  # row 1 would stop at once
+    got = generate(model, Tok(), PROMPTS, max_new_tokens=NEW, stop_ids=stops)
+    assert len(got[1].response_ids) >= 1 and got[1].response_ids[0] != free[1].response_ids[0]
+    for f, g in zip(free, got):
+        if f.response_ids[0] not in stops:  # otherwise the first step differs (stops are suppressed there)
+            cut = next((i for i, t in enumerate(f.response_ids) if t in stops), None)
+            assert g.response_ids == f.response_ids[:cut] and g.finished == (cut is not None)
+    assert got[0].finished and len(got[0].response_ids) <= 3
+    for g in got:
+        assert not set(g.response_ids) & set(stops)
+    qs = [Query(id=f"q{i}", index=i, query=f"q{i}", emotion=e) for i, e in enumerate(["joy", "anger"])]
+    items = extraction_items(qs, ["joy", "anger"])
+    prompts = [PROMPTS[i % 4] for i in range(len(items))]
+    out = {mode: extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW,
+                               capture=mode, stop_ids=stops) for mode in ("decode", "forward")}
+    assert out["decode"][1] == out["forward"][1] and any(r["finished"] for r in out["decode"][1])
+    for k, f in out["forward"][0].items():
+        d = out["decode"][0][k]
+        assert torch.equal(d.n_tokens, f.n_tokens) and _close(d.row_mean_sum, f.row_mean_sum) <= 1e-4

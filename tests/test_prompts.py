@@ -216,3 +216,18 @@ def test_encode_plain_text_adds_bos(plain_tok):
     assert [i[0] for i in ids] == [plain_tok.bos_token_id] * 2
     assert [plain_tok.decode(i[1:]) for i in ids] == texts
     assert encode_prompts(plain_tok, []) == []
+
+
+def test_plain_replies_end_at_a_line_break(chat_tok, plain_tok):
+    """A base model's reply stops at its first line break; a chat model's at its end-of-turn token."""
+    from emoexp.prompts import line_break_ids
+
+    cond = Conditioning("prefill")
+    assert cond.stop_ids(chat_tok) == [] and cond.describe(chat_tok)["reply_ends_at"] == "end-of-turn token"
+    ids = cond.stop_ids(plain_tok)
+    assert ids == line_break_ids(plain_tok) and plain_tok.encode("\n", add_special_tokens=False)[0] in ids
+    assert all("\n" in plain_tok.decode([i]) for i in ids)
+    others = [i for i in range(len(plain_tok)) if i not in set(ids)]
+    assert not any("\n" in t for t in plain_tok.batch_decode([[i] for i in others]))
+    forced = Conditioning("prefill", prompt_format="plain").stop_ids(chat_tok)  # plain format on a chat model
+    assert chat_tok.encode("\n", add_special_tokens=False)[0] in forced and forced == line_break_ids(chat_tok)

@@ -113,18 +113,21 @@ def test_joy_vector_moves_real_text_toward_joy(gemma):
     cond = Conditioning(strategy="prefill")
     items = extraction_items(load_queries("emotionquery", limit=6, emotions=["joy"]), ["joy"])
     texts = [render_prompt(tok, it.query.query, "joy" if it.condition == "emotional" else None, cond) for it in items]
-    sums, _ = extract_batch(model, tok, items, encode_prompts(tok, texts, cond), site="attn", scope="response",
-                            max_new_tokens=24)
+    stops = cond.stop_ids(tok)  # a base model: replies end at the first line break
+    sums, rows = extract_batch(model, tok, items, encode_prompts(tok, texts, cond), site="attn", scope="response",
+                               max_new_tokens=24, stop_ids=stops)
+    assert all(r["n_tokens"] >= 1 and "\n" not in r["response"] for r in rows)
     acc = Accumulator.empty(items, 18, 640)
     for k, s in sums.items():
         acc.add(k, s)
     joy = vectors_from(acc, ["joy"])[0]["joy"]
     queries = [q.query for q in load_queries("emotionquery_plus", emotions=["neutral"], limit=6, seed=3)]
     prompts = encode_prompts(tok, [generation_prompt(tok, q, "unsteered", None, cond) for q in queries], cond)
-    out = {0.0: [g.text for g in generate(model, tok, prompts, max_new_tokens=32)]}
+    out = {0.0: [g.text for g in generate(model, tok, prompts, max_new_tokens=32, stop_ids=stops)]}
     for alpha in (-1.0, 1.0):
         with steer(model, alpha * joy, site="attn"):
-            out[alpha] = [g.text for g in generate(model, tok, prompts, max_new_tokens=32)]
+            out[alpha] = [g.text for g in generate(model, tok, prompts, max_new_tokens=32, stop_ids=stops)]
+    assert not any("User:" in t for ts in out.values() for t in ts)
     p = {a: float(score(t, metrics=["eps"])["p_joy"].mean()) for a, t in out.items()}
     assert p[1.0] > p[0.0] > p[-1.0] or (p[1.0] > p[0.0] and p[1.0] > p[-1.0] + 0.1), (p, out)
     assert sum(a != b for a, b in zip(out[0.0], out[1.0])) >= 4

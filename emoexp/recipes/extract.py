@@ -140,13 +140,14 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     rows_total = sum(len(batches[b]) for b in mine)
     bar = tqdm(total=rows_total, initial=sum(len(batches[b]) for b in mine if b in done), disable=rank != 0,
                desc=f"extract ({world} proc)", unit="resp", dynamic_ncols=True, bar_format=BAR_FORMAT)
+    stop_ids = Conditioning.of(cfg).stop_ids(job.tok)
     t0 = time.time()
     for b in todo:
         idx = batches[b]
         sums, rows = extract_batch(
             model, job.tok, [items[i] for i in idx], [prompts[i] for i in idx], site=cfg.site, scope=cfg.scope,
             max_new_tokens=cfg.max_new_tokens, layers_path=cfg.layers_path, seed=cfg.seed + b,
-            capture=cfg.capture, on_step=bar_stepper(bar, len(idx)),
+            capture=cfg.capture, on_step=bar_stepper(bar, len(idx)), stop_ids=stop_ids,
         )
         for key, s in sums.items():
             acc.add(key, s)

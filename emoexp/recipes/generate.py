@@ -322,8 +322,11 @@ def _directions(cells: list[tuple[int, int]], entries: list[dict[str, Any]], dir
 
 def _gen(gen: Any, model: Any, tok: Any, prompts: list[list[int]], cfg: GenerateConfig, batch: int,
          compiled: dict[str, Any] | None = None, on_step: Any = None) -> Any:
+    from ..prompts import Conditioning
+
     return gen(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch, compiled=compiled, on_step=on_step)
+               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + batch, compiled=compiled, on_step=on_step,
+               stop_ids=Conditioning.of(cfg).stop_ids(tok))
 
 
 def _row(b: int, e: int, entry: dict, q: Any, o: Any, site: str, cfg: GenerateConfig, info: dict,
