@@ -1,8 +1,8 @@
 """Configuration: dataclasses are the schema of every flag and YAML key, parsed by jsonargparse.
 
 Each field's docstring is its ``--help`` text. Types are real: ``bool`` takes only booleans
-(``true``/``false``/``yes``/``no`` on the command line; YAML booleans in a config file, never a
-quoted string), ``Literal`` fields list their values, counts are positive integers, numbers
+(``true``/``false``/``yes``/``no`` on the command line, a bare ``--flag`` meaning true; YAML
+booleans in a config file, never a quoted string), ``Literal`` fields list their values, counts are positive integers, numbers
 may be written in any notation (``1e-3``), and ranges are checked (``0 < top_p <= 1``,
 ``temperature > 0``). Precedence: defaults < ``--config file.yaml`` < flags (in the order
 given). Every bad value becomes one :class:`ConfigError` line naming the field and what it
@@ -459,6 +459,21 @@ def _list_fields(parser: ArgumentParser) -> set[str]:
     return out
 
 
+def _bool_fields(parser: ArgumentParser) -> set[str]:
+    return {a.option_strings[0] for a in parser._actions
+            if a.option_strings and _strip_optional(getattr(a, "_typehint", None)) is bool}
+
+
+def _bare_bools(argv: list[str], bool_flags: set[str]) -> list[str]:
+    """A boolean flag given alone (``--dry_run``, followed by another option or nothing) means true."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in bool_flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def _comma_lists(argv: list[str], list_flags: set[str]) -> list[str]:
     """List flags in shell-friendly forms -> YAML lists: ``--alphas=-1,0,2``, ``--targets joy,anger``,
     ``--configs a.yaml b.yaml`` (values up to the next option); ``--alphas=`` -> ``[]``."""
@@ -565,7 +580,7 @@ def parse(cls: type, argv: Sequence[str], prog: str | None = None, parser: Argum
     show = any(a == "--print_config" or a.startswith("--print_config=") for a in argv)
     argv = [a for a in argv if not (a == "--print_config" or a.startswith("--print_config="))]
     appended = {f"--{f.name}" for f in dataclasses.fields(cls) if f.metadata.get("append")}
-    argv = _comma_lists(_appends(argv, appended), _list_fields(parser) - appended)
+    argv = _comma_lists(_appends(_bare_bools(argv, _bool_fields(parser)), appended), _list_fields(parser) - appended)
     from jsonargparse import ActionConfigFile
 
     paths = _config_files(argv) if any(isinstance(a, ActionConfigFile) for a in parser._actions) else []

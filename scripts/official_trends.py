@@ -37,11 +37,11 @@ BEGIN, END = "<!-- official-trends:begin -->", "<!-- official-trends:end -->"
 RISE = (-1.0, 0.0, 1.0, 2.0)
 
 
-def score_all(rows: pd.DataFrame, ppl_every: int) -> pd.DataFrame:
-    """Per-row scores of the authors' generations (offline backends)."""
+def score_all(rows: pd.DataFrame, ppl_every: int, eps: str = "minilm") -> pd.DataFrame:
+    """Per-row scores of the authors' generations (offline backends, EPS by ``eps``)."""
     base = rows[rows["target"] == "base"]
     emo = rows[rows["target"] != "base"]
-    b = {"progress": True}
+    b = {"progress": True, "eps": eps}
     s_base = score(base["response"].tolist(), base["query"].tolist(), metrics=["eps", "topic", "repetition"],
                    backend=b)
     s_emo = score(emo["response"].tolist(), targets=emo["target"].tolist(), metrics=["tec", "repetition"], backend=b)
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-every", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=1, help="score every N-th query only (smoke runs)")
+    p.add_argument("--eps", default="minilm", help="EPS classifier (minilm-zeroshot: the scorer before 2026-12-02)")
     p.add_argument("--reuse", action="store_true", help="reuse <out>/scores.csv instead of scoring again")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = pd.DataFrame(read_official(Path(args.data) / "results"))
         rows = rows[rows["index"] % args.every == 0]
-        df = score_all(rows, args.ppl_every)
+        df = score_all(rows, args.ppl_every, args.eps)
         df.to_csv(cache, index=False)
     md, checks = render(df, args.seed, args.ppl_every)
     empties = df[df["issues"].str.contains("empty", na=False)].groupby(["model", "target", "alpha"]).size()

@@ -125,3 +125,14 @@ def test_every_field_has_real_help(cls):
         text = action.help or ""
         assert text[:1].isupper(), (cls.__name__, dest, text)  # a whole sentence, not one cut mid-way
         assert "<class" not in text and "typing." not in text, (dest, text)
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--generate.do_sample"], True),
+    (["--generate.do_sample", "--limit", "2"], True),
+    (["--generate.do_sample", "no"], False),
+    (["--generate.do_sample=false"], False),
+    ([], False),
+])
+def test_a_bare_boolean_flag_means_true(argv, want):
+    assert parse(RunConfig, argv).generate.do_sample is want

@@ -148,6 +148,9 @@ def validate(args: Args) -> dict[str, Any]:
     }
     if args.official and (Path(args.official) / "results").is_dir():
         sets["authors"] = _official(Path(args.official), args.family, args.alpha, args.official_limit)
+    elif args.official:
+        log(f"validate-scorer: no results/ folder under {args.official}: the authors' set is skipped "
+            "(--official points at the paper authors' release)")
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for backend in args.backends:
         clf = get_classifier(backend)
