@@ -75,6 +75,10 @@ REMOTE_CODE_MODELS = frozenset({"Qwen/Qwen-7B-Chat", "baichuan-inc/Baichuan2-7B-
 
 #: A probability mass in (0, 1] (nucleus sampling).
 TopP = restricted_number_type("TopP", float, [(">", 0), ("<=", 1)])
+#: Processes per node and nodes: positive, and below any real cluster's size (a typo such as 1e99 is refused
+#: here rather than by the process group).
+Devices = restricted_number_type("Devices", int, [(">", 0), ("<=", 1024)])
+Nodes = restricted_number_type("Nodes", int, [(">", 0), ("<=", 65536)])
 
 
 class ConfigError(ValueError):
@@ -128,9 +132,9 @@ class Common:
     """Dotted path of the decoder block list, overriding discovery (e.g. 'model.layers')."""
     accelerator: Accelerator = "auto"
     """Where to run ('auto': a GPU when one is visible)."""
-    devices: PositiveInt = 1
+    devices: Devices = 1
     """Processes (GPUs) per node."""
-    num_nodes: PositiveInt = 1
+    num_nodes: Nodes = 1
     """Nodes."""
     threads: PositiveInt | None = None
     """Intra-op CPU threads per process (default: CPU cores / devices). Results are bit-identical across world
@@ -398,13 +402,37 @@ def _check_fields(obj: Any) -> None:
     for name in own:
         if hints[name] is bool and not isinstance(getattr(obj, name), bool):
             raise ConfigError(f"{name}: expected true or false, got {getattr(obj, name)!r}")
+        if getattr(obj, name) is None and _strip_optional(hints[name]) is hints[name]:
+            raise ConfigError(f"{name}: expected {describe(hints[name])}, got null")
+        if _is_int_type(hints[name]) and _has_float(getattr(obj, name)):
+            raise ConfigError(f"{name}: expected {describe(hints[name])}, got {getattr(obj, name)!r}")
     parser = _field_parser(cls)
     try:
         ns = parser.parse_object({name: getattr(obj, name) for name in own})
     except ArgumentError as e:
         raise ConfigError(_one_line(e, parser)) from None
     for name in own:
-        object.__setattr__(obj, name, _plain(ns[name]))
+        value = _plain(ns[name])
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _INT_LIMIT:
+                raise ConfigError(f"{name}: {getattr(obj, name)!r} is out of range (at most {_INT_LIMIT})")
+        object.__setattr__(obj, name, value)
+
+
+def _is_int_type(tp: Any) -> bool:
+    """Whether ``tp`` (optional or a list of) is an integer type: a YAML 1e3 or 2.0 there is a typo, not a count."""
+    tp = _strip_optional(tp)
+    if typing.get_origin(tp) is list:
+        tp = _strip_optional(typing.get_args(tp)[0])
+    return isinstance(tp, type) and issubclass(tp, int) and tp is not bool
+
+
+def _has_float(v: Any) -> bool:
+    return any(isinstance(x, float) for x in (v if isinstance(v, list) else [v]))
+
+
+#: The largest integer any count, index or seed takes (a typo such as 1e99 read as an integer is refused).
+_INT_LIMIT = 2**31 - 1
 
 
 def _plain(v: Any) -> Any:
@@ -696,7 +724,8 @@ def describe(tp: Any) -> str:
     if tp is bool:
         return "true or false"
     named = {"PositiveInt": "a positive integer", "NonNegativeInt": "an integer >= 0",
-             "PositiveFloat": "a number > 0", "TopP": "a number in (0, 1]"}
+             "PositiveFloat": "a number > 0", "TopP": "a number in (0, 1]",
+             "Devices": "an integer in 1..1024", "Nodes": "an integer in 1..65536"}
     if getattr(tp, "__name__", "") in named:
         return named[tp.__name__]
     if isinstance(tp, type) and issubclass(tp, int):

@@ -11,7 +11,7 @@ started_slurm=0
 if bash scripts/slurm-cluster.sh start; then started_slurm=1; fi
 trap '[ "$started_slurm" = 1 ] && bash scripts/slurm-cluster.sh stop || true' EXIT
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -u -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

@@ -12,6 +12,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI replays the same examples on every run (a failure there is reproducible); local runs explore new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from emoexp.models import tiny_config
 

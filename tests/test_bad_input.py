@@ -41,7 +41,8 @@ GUARD = {"run": ["--model", "tiny-random-llama", "--accelerator", "cpu", "--mlfl
          "generate": ["--model", "tiny-random-llama", "--accelerator", "cpu", "--limit", "1", "--max_new_tokens", "1",
                       "--conditions", "unsteered"],
          "submit": ["extract", "--dry_run", "true"], "evaluate": ["nonexistent.jsonl"], "chat": ["nonexistent.st"],
-         "compare": ["--uri", "sqlite:////nonexistent-dir/mlflow.db"], "import-official": ["/nonexistent"]}
+         "compare": ["--uri", "sqlite:////nonexistent-dir/mlflow.db"], "import-official": ["/nonexistent"],
+         "validate-scorer": ["--backends", "[]", "--official", "null"]}
 
 
 def _strip_none(tp: Any) -> tuple[Any, bool]:
@@ -71,9 +72,12 @@ def bad_values(tp: Any) -> st.SearchStrategy[str] | None:
     if typing.get_origin(inner) is Literal:
         allowed = {str(a).lower() for a in typing.get_args(inner)}
         return _text(allowed | nulls)
-    if name in ("PositiveInt", "NonNegativeInt") or inner is int:
-        low = 1 if name == "PositiveInt" else 0 if name == "NonNegativeInt" else None
+    if name in ("PositiveInt", "NonNegativeInt", "Devices", "Nodes") or inner is int:
+        low = 0 if name == "NonNegativeInt" else None if inner is int else 1
+        high = {"Devices": 1024, "Nodes": 65536}.get(name)
         ints = st.integers(max_value=low - 1).map(str) if low is not None else st.nothing()
+        if high is not None:
+            ints = st.one_of(ints, st.integers(min_value=high + 1).map(str), st.just("1e99"))
         words = _text(nulls).filter(lambda s: not _is_int(s))
         return st.one_of(ints, words, st.floats(allow_nan=False).filter(lambda f: f != int(f) if math.isfinite(f)
                                                                       else True).map(repr))

@@ -67,7 +67,7 @@ def test_python_dash_m_works():
     (["import-official", "/nonexistent", "--out", "/tmp/x.safetensors"], "no authors' EV JSON"),
     (["run", "--limit", "abc"], "--limit: expected a positive integer, or null, got 'abc'"),
     (["run", "--max_new_tokens", "many"], "--max_new_tokens: expected a positive integer, got 'many'"),
-    (["run", "--devices", "two"], "--devices: expected a positive integer, got 'two'"),
+    (["run", "--devices", "two"], "--devices: expected an integer in 1..1024, got 'two'"),
     (["run", "--generate.alphas="], "--generate.alphas: must not be empty"),
     (["run", "--generate.targets", ""], "--generate.targets: must not be empty"),
     (["run", "--generate.temperature", "-1"], "--generate.temperature: expected a number > 0"),

@@ -162,8 +162,8 @@ def test_secrets_are_never_written_into_job_scripts(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("fields,argv,message", [
-    ({"devices": 0}, [], "--devices: expected a positive integer, got 0"),
-    ({"num_nodes": 0}, [], "--num_nodes: expected a positive integer, got 0"),
+    ({"devices": 0}, [], "--devices: expected an integer in 1..1024, got 0"),
+    ({"num_nodes": 0}, [], "--num_nodes: expected an integer in 1..65536, got 0"),
     ({}, ["--template", "huge"], "unknown template"),
     ({}, ["--time", "soon"], "--time"),
     ({"accelerator": "gpu", "devices": 4}, ["--gpus_per_node", "2"], "each process needs its own GPU"),
