@@ -141,12 +141,14 @@ def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
     """A second run on a folder being written stops at once naming the holder; Ctrl-C on the
     first says how to resume, without a traceback."""
     out = tmp_path / "busy"
-    first = subprocess.Popen([sys.executable, "-m", "emoexp", *RUN, "--mlflow", "false", "--out_dir", str(out)],
+    # long enough (minutes) that it is still working when the signal comes, however slow the second run is
+    args = [*RUN, "--mlflow", "false", "--out_dir", str(out), "--limit", "16", "--max_new_tokens", "300"]
+    first = subprocess.Popen([sys.executable, "-m", "emoexp", *args],
                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True)
     try:
         _wait(lambda: (out / ".emoexp.lock.owner.json").is_file(), "the first run to lock its folder")
-        second = _emoexp([*RUN, "--mlflow", "false", "--out_dir", str(out)], tmp_path, check=False)
+        second = _emoexp(args, tmp_path, check=False)
         assert second.returncode == 2
         assert f"is being written by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
