@@ -1,11 +1,14 @@
-"""Summarise the SmolLM2 ablation (scripts/ablation.sh) into docs/ablation.md's results section.
+"""Summarise an ablation (scripts/ablation.sh, scripts/ablation_gemma3.sh) into a doc's results section.
 
-Reads outputs/ablation/<axis>/sweep.csv (written by `emoexp sweep`) and writes:
+Reads <sweeps>/<axis>/sweep.csv (written by `emoexp sweep`) and writes, between the doc's
+<!-- MARKER:begin --> and <!-- MARKER:end --> lines:
 per point, the mean target-probability gain over unsteered at each target's best alpha
 (within topic >= 0.8x and repetition <= 1.5x unsteered), how many of the five emotions gain
 >= +0.3, and how many beat the prompt baseline; then the best point per emotion.
 
-Run: .venv/bin/python scripts/ablation_report.py
+Run: .venv/bin/python scripts/ablation_report.py   (SmolLM2: outputs/ablation into docs/ablation.md)
+     .venv/bin/python scripts/ablation_report.py --sweeps outputs/ablation-gemma3 --doc docs/families.md \
+         --marker ablation-gemma3
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweeps", type=Path, default=ROOT / "outputs" / "ablation", help="folder of sweep folders")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "ablation.md", help="the doc to rewrite")
+    parser.add_argument("--marker", default="ablation", help="the doc's <!-- MARKER:begin/end --> section")
+    args = parser.parse_args()
     frames = []
-    for csv in sorted((ROOT / "outputs" / "ablation").glob("*/sweep.csv")):
+    for csv in sorted(args.sweeps.glob("*/sweep.csv")):
         df = pd.read_csv(csv)
         if df.empty:
             continue
@@ -36,7 +42,7 @@ def main() -> None:
         df["sweep"] = csv.parent.name
         frames.append(df)
     if not frames:
-        raise SystemExit("no sweep results under outputs/ablation")
+        raise SystemExit(f"no sweep results under {args.sweeps}")
     all_ = pd.concat(frames, ignore_index=True)
     all_["in_limits_03"] = all_["within_limits"].astype(bool) & (all_["gain"] >= 0.3)
     points = all_.groupby(["sweep", "point"], sort=False).agg(
@@ -55,9 +61,12 @@ def main() -> None:
     lines = [table.to_markdown(index=False, floatfmt="+.3f"), "",
              "Best point per emotion (largest gain within the limits):", "",
              best.to_markdown(index=False, floatfmt=".3f")]
-    doc = ROOT / "docs" / "ablation.md"
+    doc = args.doc
     text = doc.read_text()
-    a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+    begin, end = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{doc} has no {begin} ... {end} section")
+    a, b = text.index(begin) + len(begin), text.index(end)
     doc.write_text(text[:a] + "\n" + "\n".join(lines) + "\n" + text[b:])
     print("\n".join(lines))
 
