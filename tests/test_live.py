@@ -143,8 +143,11 @@ def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
     out = tmp_path / "busy"
     # long enough (minutes) that it is still working when the signal comes, however slow the second run is
     args = [*RUN, "--mlflow", "false", "--out_dir", str(out), "--limit", "16", "--max_new_tokens", "300"]
+    # stderr to a file, not a pipe: nobody reads a pipe while the second run works, and a full pipe would
+    # block the first run's progress bars (it then never reached the signal on a loaded machine)
+    log = open(tmp_path / "first.err", "wb")  # noqa: SIM115 - closed in the finally
     first = subprocess.Popen([sys.executable, "-m", "emoexp", *args],
-                             cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=log,
                              start_new_session=True)
     try:
         _wait(lambda: (out / ".emoexp.lock.owner.json").is_file(), "the first run to lock its folder")
@@ -155,13 +158,15 @@ def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
         shard = out / "evs.safetensors.work" / "rank0.jsonl"
         _wait(lambda: shard.is_file() and shard.stat().st_size > 0, "extraction to start")
         os.killpg(first.pid, signal.SIGINT)
-        err = first.communicate(timeout=300)[1].decode(errors="replace")
+        first.wait(timeout=300)
+        err = (tmp_path / "first.err").read_text(errors="replace")
         assert first.returncode == 130, err[-3000:]
         assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
+        log.close()
 
 
 def test_two_processes_one_study_one_server(server, tmp_path):
