@@ -137,6 +137,13 @@ def test_live_parent_killed_then_resumed_into_the_same_parent(server, clean, tmp
     assert PASSWORD not in blob and "alice" not in blob
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as in a terminal: a suite started in the background
+    (`cmd &`, as CI runners and nohup do) passes SIGINT on as ignored, and Python then never
+    installs its KeyboardInterrupt handler, so the signal would be dropped."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
     """A second run on a folder being written stops at once naming the holder; Ctrl-C on the
     first says how to resume, without a traceback."""
@@ -148,7 +155,7 @@ def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
     log = open(tmp_path / "first.err", "wb")  # noqa: SIM115 - closed in the finally
     first = subprocess.Popen([sys.executable, "-m", "emoexp", *args],
                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=log,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)  # noqa: PLW1509 - one signal call
     try:
         _wait(lambda: (out / ".emoexp.lock.owner.json").is_file(), "the first run to lock its folder")
         second = _emoexp(args, tmp_path, check=False)
