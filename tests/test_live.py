@@ -150,8 +150,8 @@ def test_one_writer_per_output_folder_and_ctrl_c(tmp_path):
     out = tmp_path / "busy"
     # long enough (minutes) that it is still working when the signal comes, however slow the second run is
     args = [*RUN, "--mlflow", "false", "--out_dir", str(out), "--limit", "16", "--max_new_tokens", "300"]
-    # stderr to a file, not a pipe: nobody reads a pipe while the second run works, and a full pipe would
-    # block the first run's progress bars (it then never reached the signal on a loaded machine)
+    # stderr to a file, not a pipe: nobody reads a pipe while the second run works, so a full pipe stalls
+    # the first run's progress bars (harmless for the signal, checked, but it distorts the run's timing)
     log = open(tmp_path / "first.err", "wb")  # noqa: SIM115 - closed in the finally
     first = subprocess.Popen([sys.executable, "-m", "emoexp", *args],
                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=log,
