@@ -11,6 +11,12 @@ and a split-half EV for stability come from the same pass.
 
     EV_e[l] = mean_q h_l(q, e-conditioned) - mean_q h_l(q, neutral)
 
+With ``method="pca"`` sums are kept per query too, and the EV is the first principal direction
+``v_l`` of the paired differences ``d_q[l] = h_l(q, e) - h_l(q, neutral)`` (uncentred, so the
+direction along which the pairs differ most, mean shift included), scaled to the mean
+difference's projection: ``EV_e[l] = (mean_q d_q[l] . v_l) v_l`` (sign-free; equal to the mean
+EV when every pair differs along one direction).
+
 Example:
     >>> items = extraction_items(queries, ["joy", "anger"])             # doctest: +SKIP
     >>> acc = Accumulator.empty(items, num_layers=30, hidden=576)        # doctest: +SKIP
@@ -27,10 +33,10 @@ import torch
 from .activations import ActivationSums, DecodeCapture, capture_groups, scope_mask
 from .datasets import DatasetError, Query
 from .generation import capture_batch, eos_ids, generate, left_pad
-from .vocab import CAPTURES
+from .vocab import CAPTURES, METHODS
 
-__all__ = ["CAPTURES", "Accumulator", "ExtractItem", "activation_norms", "extract_batch", "extraction_items",
-           "vectors_from"]
+__all__ = ["CAPTURES", "METHODS", "Accumulator", "ExtractItem", "activation_norms", "extract_batch",
+           "extraction_items", "principal_direction", "vectors_from"]
 
 CONDITIONS = ("neutral", "emotional")
 
@@ -43,14 +49,17 @@ class ExtractItem:
     emotion: str
     condition: str  # neutral | emotional
     half: int  # 0 or 1: parity of the query's rank within its emotion
+    rank: int | None = None  # the query's rank within its emotion, when sums are kept per query
 
     @property
     def key(self) -> str:
-        return f"{self.emotion}/{self.condition}/{self.half}"
+        half = f"{self.emotion}/{self.condition}/{self.half}"
+        return half if self.rank is None else f"{half}/{self.rank}"
 
 
-def extraction_items(queries: Sequence[Query], emotions: Sequence[str]) -> list[ExtractItem]:
-    """Two items (neutral, emotional) per query whose label is in ``emotions``, in dataset order."""
+def extraction_items(queries: Sequence[Query], emotions: Sequence[str], *, per_query: bool = False) -> list[ExtractItem]:
+    """Two items (neutral, emotional) per query whose label is in ``emotions``, in dataset order
+    (``per_query``: keyed per query, as ``method="pca"`` needs)."""
     items: list[ExtractItem] = []
     seen: dict[str, int] = {}
     for q in queries:
@@ -59,7 +68,7 @@ def extraction_items(queries: Sequence[Query], emotions: Sequence[str]) -> list[
         rank = seen.get(q.emotion, 0)
         seen[q.emotion] = rank + 1
         for cond in CONDITIONS:
-            items.append(ExtractItem(q, q.emotion, cond, rank % 2))
+            items.append(ExtractItem(q, q.emotion, cond, rank % 2, rank if per_query else None))
     missing = [e for e in emotions if e not in seen]
     if missing:
         present = sorted({str(q.emotion) for q in queries})
@@ -147,23 +156,56 @@ def extract_batch(
     return out, rows_out
 
 
-def vectors_from(acc: Accumulator, emotions: Sequence[str], weighting: str = "query") -> tuple[
+def vectors_from(acc: Accumulator, emotions: Sequence[str], weighting: str = "query", method: str = "mean") -> tuple[
         dict[str, torch.Tensor], dict[str, list[float]]]:
-    """EVs per emotion and the per-layer cosine between the two split-half EVs."""
+    """EVs per emotion and the per-layer cosine between the two split-half EVs (formed the same way)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     evs: dict[str, torch.Tensor] = {}
     stability: dict[str, list[float]] = {}
     for e in emotions:
-        halves = []
-        full = {}
-        for cond in CONDITIONS:
-            s0, s1 = acc.sums[f"{e}/{cond}/0"], acc.sums.get(f"{e}/{cond}/1")
-            full[cond] = (s0 + s1 if s1 is not None else s0).mean(weighting)
-        evs[e] = (full["emotional"] - full["neutral"]).float()
-        if f"{e}/neutral/1" in acc.sums and acc.sums[f"{e}/neutral/1"].n_rows:
-            for h in (0, 1):
-                halves.append(acc.sums[f"{e}/emotional/{h}"].mean(weighting) - acc.sums[f"{e}/neutral/{h}"].mean(weighting))
+        evs[e] = _vector(acc, e, None, weighting, method).float()
+        halves = [_vector(acc, e, h, weighting, method) for h in (0, 1) if _summed(acc, f"{e}/neutral/{h}").n_rows]
+        if len(halves) == 2:
             stability[e] = torch.nn.functional.cosine_similarity(halves[0], halves[1], dim=-1).tolist()
     return evs, stability
+
+
+def _summed(acc: Accumulator, prefix: str) -> ActivationSums:
+    """The sums of every key equal to ``prefix`` or below it (``joy/neutral/0`` holds ``joy/neutral/0/4``)."""
+    total = ActivationSums.zeros(acc.num_layers, acc.hidden)
+    for k in acc.keys:
+        if k == prefix or k.startswith(prefix + "/"):
+            total = total + acc.sums[k]
+    return total
+
+
+def _vector(acc: Accumulator, emotion: str, half: int | None, weighting: str, method: str) -> torch.Tensor:
+    """[L, H] float64 EV of one emotion from both halves (``half=None``) or one."""
+    halves = (0, 1) if half is None else (half,)
+    if method == "mean":
+        mean = {c: sum((_summed(acc, f"{emotion}/{c}/{h}") for h in halves[1:]), _summed(acc, f"{emotion}/{c}/{halves[0]}"))
+                for c in CONDITIONS}
+        return mean["emotional"].mean(weighting) - mean["neutral"].mean(weighting)
+    diffs = []
+    for k in acc.keys:  # per-query keys: emotion/condition/half/rank
+        parts = k.split("/")
+        if parts[:2] != [emotion, "neutral"] or len(parts) != 4 or int(parts[2]) not in halves:
+            continue
+        pair = acc.sums[k], acc.sums[f"{emotion}/emotional/{parts[2]}/{parts[3]}"]
+        if all(s.n_rows and int(s.n_tokens.min()) for s in pair):  # a pair with an empty response has no difference
+            diffs.append(pair[1].mean(weighting) - pair[0].mean(weighting))
+    if not diffs:
+        raise ValueError(f"method pca: no per-query sums with tokens in scope for {emotion} (extract with method=pca)")
+    return principal_direction(torch.stack(diffs))
+
+
+def principal_direction(diffs: torch.Tensor) -> torch.Tensor:
+    """[Q, L, H] paired differences -> [L, H]: per layer, the mean difference projected onto the
+    first right-singular vector of the (uncentred) differences."""
+    _, _, vh = torch.linalg.svd(diffs.transpose(0, 1), full_matrices=False)  # [L, Q, H] -> vh [L, k, H]
+    v = vh[:, 0, :]
+    return (diffs.mean(0) * v).sum(-1, keepdim=True) * v
 
 
 def activation_norms(acc: Accumulator) -> list[float]:

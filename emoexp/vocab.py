@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CONDITIONS",
     "DTYPES",
     "EMOTIONS",
+    "METHODS",
     "METRICS",
     "POSITIONS",
     "PROMPT_FORMATS",
@@ -38,6 +39,7 @@ __all__ = [
     "Condition",
     "Dtype",
     "Emotion",
+    "Method",
     "Metric",
     "Positions",
     "PromptFormat",
@@ -87,6 +89,11 @@ CAPTURES: tuple[str, ...] = get_args(Capture)
 #: Average over queries of per-query token means (the paper's), or over all tokens.
 Weighting = Literal["query", "token"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+
+#: How an EV is formed from the responses: the mean paired difference (the paper's), or the first
+#: principal direction of the per-query paired differences (as repeng does).
+Method = Literal["mean", "pca"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 #: alpha x EV (``raw``), or a per-layer relative dose (``dose``).
 AlphaUnit = Literal["raw", "dose"]

@@ -36,7 +36,8 @@ def main() -> None:
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
                                                    "folder"}]
         axes = [a for a in axes if a != "condition"]
-        df["point"] = df[axes].astype(str).apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
+        labels = df[axes].astype(str).replace("nan", "all layers")  # an empty layer list is every layer
+        df["point"] = labels.apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
         if "condition" in df:
             df["point"] = df["point"] + df["condition"].map({"steered": "", "prompt_steered": " (prompt + EV)"})
         df["sweep"] = csv.parent.name
@@ -58,9 +59,9 @@ def main() -> None:
     best = best[["target", "sweep", "point", "alpha", "unsteered", "gain", "prompt_gain", "topic_ratio",
                  "rep_ratio"]].rename(columns={"target": "emotion", "prompt_gain": "prompt gain",
                                                "topic_ratio": "topic ratio", "rep_ratio": "rep. ratio"})
-    lines = [table.to_markdown(index=False, floatfmt="+.3f"), "",
+    lines = [table.to_markdown(index=False, floatfmt=("", "", "+.3f", "", "", ".2f", ".2f")), "",
              "Best point per emotion (largest gain within the limits):", "",
-             best.to_markdown(index=False, floatfmt=".3f")]
+             best.to_markdown(index=False, floatfmt=("", "", "", "g", ".3f", "+.3f", "+.3f", ".2f", ".2f"))]
     doc = args.doc
     text = doc.read_text()
     begin, end = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"

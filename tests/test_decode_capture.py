@@ -196,3 +196,53 @@ def test_extra_stop_ids_end_replies_like_a_stop_token():
     for k, f in out["forward"][0].items():
         d = out["decode"][0][k]
         assert torch.equal(d.n_tokens, f.n_tokens) and _close(d.row_mean_sum, f.row_mean_sum) <= 1e-4
+
+
+def test_principal_direction_of_paired_differences():
+    """Pairs that differ along one direction give the mean EV; otherwise the mean projected on the
+    direction of largest (uncentred) spread, whatever sign the SVD picks."""
+    from emoexp.extraction import principal_direction
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 16, generator=g, dtype=torch.float64)  # one direction per layer
+    diffs = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)[:, None, None] * u
+    assert torch.allclose(principal_direction(diffs), diffs.mean(0), atol=1e-12)
+    e1, e2 = torch.eye(2, dtype=torch.float64)
+    two = torch.stack([3 * e1, e2])[:, None, :]  # [Q=2, L=1, H=2]: the larger pair wins
+    assert torch.allclose(principal_direction(two)[0], 1.5 * e1, atol=1e-12)
+    assert torch.allclose(principal_direction(-two)[0], -1.5 * e1, atol=1e-12)
+
+
+def test_pca_method_keeps_per_query_sums_and_projects_the_mean_ev():
+    """method=pca: the same responses keyed per query give the same mean EV as the half keys, and
+    the PCA EV is the mean EV's projection on one direction per layer (pca . mean == |pca|^2)."""
+    from conftest import make_tiny
+
+    from emoexp.datasets import Query
+    from emoexp.extraction import Accumulator, vectors_from
+
+    model = make_tiny("llama")
+    qs = [Query(id=f"q{i}", index=i, query=f"q{i}", emotion=e) for i, e in enumerate(["joy"] * 3 + ["anger"] * 3)]
+    accs = {}
+    for per_query in (False, True):
+        items = extraction_items(qs, ["joy", "anger"], per_query=per_query)
+        prompts = [PROMPTS[i % 4] + [40 + i] for i in range(len(items))]
+        sums, _ = extract_batch(model, Tok(), items, prompts, site="attn", scope="response", max_new_tokens=NEW)
+        acc = Accumulator.empty(items, model.config.num_hidden_layers, model.config.hidden_size)
+        for k, s in sums.items():
+            acc.add(k, s)
+        accs[per_query] = acc
+    assert len(accs[True].keys) == 12 and len(accs[False].keys) == 8  # anger/joy x neutral/emotional x 3 vs 2
+    mean, stab = vectors_from(accs[False], ["joy", "anger"])
+    mean_q, stab_q = vectors_from(accs[True], ["joy", "anger"])
+    pca, stab_p = vectors_from(accs[True], ["joy", "anger"], method="pca")
+    assert set(stab) == set(stab_q) == set(stab_p) == {"joy", "anger"}
+    for e in ("joy", "anger"):
+        assert _close(mean_q[e], mean[e]) <= 1e-5
+        assert not torch.allclose(pca[e], mean[e])  # three pairs that differ in more than one direction
+        dot, sq = (pca[e] * mean[e]).sum(-1), (pca[e] * pca[e]).sum(-1)
+        assert torch.allclose(dot, sq, rtol=1e-4) and bool((sq <= (mean[e] ** 2).sum(-1) * (1 + 1e-5)).all())
+    with pytest.raises(ValueError, match="extract with method=pca"):
+        vectors_from(accs[False], ["joy"], method="pca")
+    with pytest.raises(ValueError, match="valid: mean, pca"):
+        vectors_from(accs[True], ["joy"], method="median")

@@ -56,6 +56,23 @@ def test_extraction_same_vectors_for_1_2_3_processes(extracted):
     assert len(rows) == 2 * 3 * 2 and len({(r["id"], r["condition"]) for r in rows}) == 12
 
 
+def test_pca_extraction_same_vectors_for_1_and_2_processes(extracted, tmp_path):
+    """Per-query sums (method=pca) go through the same single all-reduce: exact across world sizes,
+    and the responses (hence the mean EV of the same run) do not depend on the method."""
+    for world in (1, 2):
+        _ok(_emoexp(["extract", *COMMON, "--data", "emotionquery", "--limit", "3", "--emotions", "joy,anger",
+                     "--devices", str(world), "--method", "pca", "--out", str(tmp_path / f"pca-{world}.safetensors")]))
+    one, two = (EmotionVectors.load(tmp_path / f"pca-{w}.safetensors") for w in (1, 2))
+    mean = EmotionVectors.load(extracted[1])
+    assert one.metadata["method"] == "pca" and mean.metadata["method"] == "mean"
+    assert one.metadata["identity"] != mean.metadata["identity"]
+    for e in one.emotions:
+        assert torch.equal(one[e], two[e]), e
+        assert not torch.equal(one[e], mean[e])
+    same_rows = (tmp_path / "pca-1.responses.jsonl").read_text() == extracted[1].with_suffix(".responses.jsonl").read_text()
+    assert same_rows
+
+
 def test_generation_rows_identical_for_1_2_3_processes(extracted, tmp_path):
     outs = {}
     for world in (1, 2, 3):

@@ -59,7 +59,7 @@ def prepare(cfg: ExtractConfig, *, info: Any = None, tok: Any = None, out: str |
 
     info = info or inspect_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed, emotions=cfg.emotions, duplicates="drop")
-    items = extraction_items(queries, cfg.emotions)
+    items = extraction_items(queries, cfg.emotions, per_query=cfg.method == "pca")
     tok = tok or load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     cond = Conditioning.of(cfg)
     texts = [render_prompt(tok, it.query.query, it.emotion if it.condition == "emotional" else None, cond)
@@ -162,14 +162,15 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     bar.close()
     total = all_reduce_sum(fabric, acc.pack())
     acc.load_packed(total)
-    evs, stability = vectors_from(acc, cfg.emotions, cfg.weighting)
+    evs, stability = vectors_from(acc, cfg.emotions, cfg.weighting, cfg.method)
     if rank == 0:
         n_queries = {e: {c: sum(acc.sums[k].n_rows for k in acc.keys if k.startswith(f"{e}/{c}/"))
                          for c in ("neutral", "emotional")} for e in cfg.emotions}
         cond = Conditioning.of(cfg)
         meta = {
             **describe(model, job.tok, cfg.model, cfg.revision, job.info),
-            "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting, "capture": cfg.capture,
+            "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting, "method": cfg.method,
+            "capture": cfg.capture,
             "layers_path": cfg.layers_path,
             "conditioning": cond.describe(job.tok), "data": cfg.data, "data_fingerprint": job.data_fingerprint,
             "identity": job.identity["sha"],
