@@ -197,8 +197,8 @@ class ExtractOptions:
     weighting: Weighting = "query"
     """Average of per-query token means ('query', the paper's) or over all tokens ('token')."""
     method: Method = "mean"
-    """'mean': emotional minus neutral mean activation (the paper's); 'pca': the first principal direction of the
-    per-query paired differences, scaled to the mean difference's projection on it (docs/method.md)."""
+    """How an EV is formed: 'mean', emotional minus neutral mean activation (the paper's), or 'pca', the first
+    principal direction of the per-query paired differences, scaled to the mean difference's projection on it."""
     capture: Capture = "decode"
     """Record activations while generating ('decode', fast) or in a forward pass afterwards ('forward')."""
 
