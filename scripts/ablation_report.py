@@ -6,6 +6,10 @@ per point, the mean target-probability gain over unsteered at each target's best
 (within topic >= 0.8x and repetition <= 1.5x unsteered), how many of the five emotions gain
 >= +0.3, and how many beat the prompt baseline; then the best point per emotion.
 
+With --curves anger,sadness --plot FILE it also draws, per emotion, the gain and the topic
+ratio against alpha of the points that raise that emotion most within the limits (from each
+point's run folder, aggregate.csv), with the limits marked: the best curves, and where they bend.
+
 Run: .venv/bin/python scripts/ablation_report.py   (SmolLM2: outputs/ablation into docs/ablation.md)
      .venv/bin/python scripts/ablation_report.py --sweeps outputs/ablation-gemma3 --doc docs/families.md \
          --marker ablation-gemma3
@@ -26,6 +30,9 @@ def main() -> None:
     parser.add_argument("--sweeps", type=Path, default=ROOT / "outputs" / "ablation", help="folder of sweep folders")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "ablation.md", help="the doc to rewrite")
     parser.add_argument("--marker", default="ablation", help="the doc's <!-- MARKER:begin/end --> section")
+    parser.add_argument("--curves", default="", help="comma-separated emotions whose best curves to plot")
+    parser.add_argument("--plot", type=Path, default=None, help="where the curves go (png)")
+    parser.add_argument("--top", type=int, default=4, help="curves per emotion")
     args = parser.parse_args()
     frames = []
     for csv in sorted(args.sweeps.glob("*/sweep.csv")):
@@ -70,6 +77,43 @@ def main() -> None:
     a, b = text.index(begin) + len(begin), text.index(end)
     doc.write_text(text[:a] + "\n" + "\n".join(lines) + "\n" + text[b:])
     print("\n".join(lines))
+    if args.curves and args.plot:
+        plot_curves(all_, [e for e in args.curves.split(",") if e], args.plot, args.top)
+        print(f"wrote {args.plot}")
+
+
+def _curve(folder: str, target: str, condition: str) -> pd.DataFrame:
+    """One point's gain and topic/repetition ratios over unsteered, per alpha, for ``target``."""
+    agg = pd.read_csv(ROOT / folder / "aggregate.csv")
+    base = agg[agg["condition"] == "unsteered"].iloc[0]
+    rows = agg[(agg["condition"] == condition) & (agg["target"] == target)].sort_values("alpha")
+    return pd.DataFrame({"alpha": rows["alpha"], "gain": rows[f"p_{target}"] - base[f"p_{target}"],
+                         "topic_ratio": rows["topic"] / base["topic"]})
+
+
+def plot_curves(all_: pd.DataFrame, emotions: list[str], out: Path, top: int) -> None:
+    """Per emotion: gain and topic ratio against alpha for its ``top`` best points within the limits."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2 * len(emotions)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(emotions), 2, squeeze=False)
+    for (ax_gain, ax_topic), emotion in zip(axes, emotions):
+        rows = all_[(all_["target"] == emotion) & all_["within_limits"].astype(bool)]
+        for _, r in rows.sort_values("gain", ascending=False).head(top).iterrows():
+            c = _curve(r["folder"], emotion, r.get("condition", "steered") if isinstance(r.get("condition"), str) else "steered")
+            label = f"{r['sweep']}: {r['point']}"[:60]
+            ax_gain.plot(c["alpha"], c["gain"], marker="o", label=label)
+            ax_topic.plot(c["alpha"], c["topic_ratio"], marker="o", label=label)
+        ax_gain.axhline(0.3, color="grey", ls="--", lw=0.8)
+        ax_topic.axhline(0.8, color="grey", ls="--", lw=0.8)
+        ax_gain.set(title=f"{emotion}: gain in P({emotion}) over unsteered", xlabel="α (the point's own unit)", ylabel="gain")
+        ax_topic.set(title=f"{emotion}: topic consistency / unsteered", xlabel="α (the point's own unit)", ylabel="ratio")
+        ax_gain.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
 
 
 if __name__ == "__main__":
