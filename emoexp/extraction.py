@@ -171,11 +171,11 @@ def vectors_from(acc: Accumulator, emotions: Sequence[str], weighting: str = "qu
     return evs, stability
 
 
-def _summed(acc: Accumulator, prefix: str) -> ActivationSums:
-    """The sums of every key equal to ``prefix`` or below it (``joy/neutral/0`` holds ``joy/neutral/0/4``)."""
+def _summed(acc: Accumulator, *prefixes: str) -> ActivationSums:
+    """The sums of every key equal to a prefix or below it (``joy/neutral/0`` holds ``joy/neutral/0/4``)."""
     total = ActivationSums.zeros(acc.num_layers, acc.hidden)
     for k in acc.keys:
-        if k == prefix or k.startswith(prefix + "/"):
+        if any(k == p or k.startswith(p + "/") for p in prefixes):
             total = total + acc.sums[k]
     return total
 
@@ -184,9 +184,8 @@ def _vector(acc: Accumulator, emotion: str, half: int | None, weighting: str, me
     """[L, H] float64 EV of one emotion from both halves (``half=None``) or one."""
     halves = (0, 1) if half is None else (half,)
     if method == "mean":
-        mean = {c: sum((_summed(acc, f"{emotion}/{c}/{h}") for h in halves[1:]), _summed(acc, f"{emotion}/{c}/{halves[0]}"))
-                for c in CONDITIONS}
-        return mean["emotional"].mean(weighting) - mean["neutral"].mean(weighting)
+        mean = {c: _summed(acc, *(f"{emotion}/{c}/{h}" for h in halves)).mean(weighting) for c in CONDITIONS}
+        return mean["emotional"] - mean["neutral"]
     diffs = []
     for k in acc.keys:  # per-query keys: emotion/condition/half/rank
         parts = k.split("/")
