@@ -42,7 +42,7 @@ def main() -> None:
         axes = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain",
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
                                                    "folder"}]
-        axes = [a for a in axes if a != "condition"]
+        axes = [a for a in axes if a not in ("condition", "generate.conditions")]  # the condition column says it
         labels = df[axes].astype(str).replace("nan", "all layers")  # an empty layer list is every layer
         df["point"] = labels.apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
         if "condition" in df:
