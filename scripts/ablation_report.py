@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def _curve(folder: str, target: str, condition: str) -> pd.DataFrame:
-    """One point's gain and topic/repetition ratios over unsteered, per alpha, for ``target``."""
+    """One point's gain and topic ratio over unsteered, per alpha, for ``target`` under ``condition``."""
     agg = pd.read_csv(ROOT / folder / "aggregate.csv")
     base = agg[agg["condition"] == "unsteered"].iloc[0]
     rows = agg[(agg["condition"] == condition) & (agg["target"] == target)].sort_values("alpha")
@@ -102,7 +102,7 @@ def plot_curves(all_: pd.DataFrame, emotions: list[str], out: Path, top: int) ->
     for (ax_gain, ax_topic), emotion in zip(axes, emotions):
         rows = all_[(all_["target"] == emotion) & all_["within_limits"].astype(bool)]
         for _, r in rows.sort_values("gain", ascending=False).head(top).iterrows():
-            c = _curve(r["folder"], emotion, r.get("condition", "steered") if isinstance(r.get("condition"), str) else "steered")
+            c = _curve(r["folder"], emotion, r["condition"])  # steered, or prompt_steered (sweep.csv says which)
             label = f"{r['sweep']}: {r['point']}"[:60]
             ax_gain.plot(c["alpha"], c["gain"], marker="o", label=label)
             ax_topic.plot(c["alpha"], c["topic_ratio"], marker="o", label=label)

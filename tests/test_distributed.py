@@ -69,8 +69,7 @@ def test_pca_extraction_same_vectors_for_1_and_2_processes(extracted, tmp_path):
     for e in one.emotions:
         assert torch.equal(one[e], two[e]), e
         assert not torch.equal(one[e], mean[e])
-    same_rows = (tmp_path / "pca-1.responses.jsonl").read_text() == extracted[1].with_suffix(".responses.jsonl").read_text()
-    assert same_rows
+    assert (tmp_path / "pca-1.responses.jsonl").read_text() == extracted[1].with_suffix(".responses.jsonl").read_text()
 
 
 def test_generation_rows_identical_for_1_2_3_processes(extracted, tmp_path):
