@@ -3,7 +3,8 @@ shorthands (bare booleans, comma lists, repeated ``--grid``), YAML files, the st
 checks every config runs on construction, and one-line :class:`ConfigError` messages.
 
 The schema itself (the dataclasses, their defaults and range checks) lives in
-:mod:`emoexp.config`, which re-exports the public functions here.
+:mod:`emoexp.config`, which re-exports the public functions here; the wording of errors in
+:mod:`emoexp.config_errors`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ import difflib
 import functools
 import json
 import re
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from jsonargparse import ArgumentError, ArgumentParser
 
+from .config_errors import ConfigError, describe, one_line, strip_optional
+
 __all__ = ["ConfigError", "build_parser", "check_fields", "describe", "dump", "from_dict", "load_yaml", "parse",
            "to_dict", "unique"]
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value (one line naming the field and what it accepts)."""
 
 
 def unique(values: Sequence[Any], name: str) -> None:
@@ -60,7 +58,7 @@ def check_fields(obj: Any) -> None:
     for name in own:
         if hints[name] is bool and not isinstance(getattr(obj, name), bool):
             raise ConfigError(f"{name}: expected true or false, got {getattr(obj, name)!r}")
-        if getattr(obj, name) is None and _strip_optional(hints[name]) is hints[name]:
+        if getattr(obj, name) is None and strip_optional(hints[name]) is hints[name]:
             raise ConfigError(f"{name}: expected {describe(hints[name])}, got null")
         if _is_int_type(hints[name]) and _has_float(getattr(obj, name)):
             raise ConfigError(f"{name}: expected {describe(hints[name])}, got {getattr(obj, name)!r}")
@@ -68,7 +66,7 @@ def check_fields(obj: Any) -> None:
     try:
         ns = parser.parse_object({name: getattr(obj, name) for name in own})
     except ArgumentError as e:
-        raise ConfigError(_one_line(e, parser)) from None
+        raise ConfigError(one_line(e, parser)) from None
     for name in own:
         value = _plain(ns[name])
         for v in value if isinstance(value, list) else [value]:
@@ -79,9 +77,9 @@ def check_fields(obj: Any) -> None:
 
 def _is_int_type(tp: Any) -> bool:
     """Whether ``tp`` (optional or a list of) is an integer type: a YAML 1e3 or 2.0 there is a typo, not a count."""
-    tp = _strip_optional(tp)
+    tp = strip_optional(tp)
     if typing.get_origin(tp) is list:
-        tp = _strip_optional(typing.get_args(tp)[0])
+        tp = strip_optional(typing.get_args(tp)[0])
     return isinstance(tp, type) and issubclass(tp, int) and tp is not bool
 
 
@@ -139,7 +137,7 @@ def _list_fields(parser: ArgumentParser) -> set[str]:
     out = set()
     for action in parser._actions:
         hint = getattr(action, "_typehint", None)
-        base = _strip_optional(hint)
+        base = strip_optional(hint)
         if typing.get_origin(base) in (list, Sequence) and action.option_strings:
             out.add(action.option_strings[0])
     return out
@@ -147,7 +145,7 @@ def _list_fields(parser: ArgumentParser) -> set[str]:
 
 def _bool_fields(parser: ArgumentParser) -> set[str]:
     return {a.option_strings[0] for a in parser._actions
-            if a.option_strings and _strip_optional(getattr(a, "_typehint", None)) is bool}
+            if a.option_strings and strip_optional(getattr(a, "_typehint", None)) is bool}
 
 
 def _bare_bools(argv: list[str], bool_flags: set[str]) -> list[str]:
@@ -229,7 +227,7 @@ def _check_yaml(data: Any, cls: type, where: str) -> None:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             _check_yaml(value, tp, f"{where}: {key}")
-        elif _strip_optional(tp) is bool and not isinstance(value, bool) and not (value is None and tp is not bool):
+        elif strip_optional(tp) is bool and not isinstance(value, bool) and not (value is None and tp is not bool):
             raise ConfigError(f"{where}: {key}: expected true or false (a YAML boolean), got {value!r}")
 
 
@@ -282,7 +280,7 @@ def parse(cls: type, argv: Sequence[str], prog: str | None = None, parser: Argum
     try:
         ns = parser.parse_args(argv)
     except ArgumentError as e:
-        raise ConfigError(_one_line(e, parser, given)) from None
+        raise ConfigError(one_line(e, parser, given)) from None
     cfg = _instantiate(cls, ns.clone().as_dict())
     if show:  # the resolved config (checks passed, shorthands applied): feeds back unchanged
         print(dump(cfg), end="")
@@ -299,7 +297,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     try:
         ns = parser.parse_object(data)
     except ArgumentError as e:
-        raise ConfigError(f"{where}: {_one_line(e, parser, lambda key: _lookup(data, key))}") from None
+        raise ConfigError(f"{where}: {one_line(e, parser, lambda key: _lookup(data, key))}") from None
     return _instantiate(cls, ns.as_dict())
 
 
@@ -349,89 +347,3 @@ def dump(cfg: Any) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-# -- one-line errors -------------------------------------------------------------------------
-
-
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def describe(tp: Any) -> str:
-    """What a type accepts, in words (for error messages).
-
-    Example:
-        >>> from jsonargparse.typing import PositiveInt
-        >>> describe(PositiveInt | None)
-        'a positive integer, or null'
-    """
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        words = " or ".join(describe(a) for a in inner)
-        return words + (", or null" if len(inner) < len(args) else "")
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin in (list, Sequence):
-        return f"a list of {_plural(args[0])} (YAML [a, b] or a,b)" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    if tp is bool:
-        return "true or false"
-    named = {"PositiveInt": "a positive integer", "NonNegativeInt": "an integer >= 0",
-             "PositiveFloat": "a number > 0", "TopP": "a number in (0, 1]",
-             "Devices": "an integer in 1..1024", "Nodes": "an integer in 1..65536"}
-    if getattr(tp, "__name__", "") in named:
-        return named[tp.__name__]
-    if isinstance(tp, type) and issubclass(tp, int):
-        return "an integer"
-    if isinstance(tp, type) and issubclass(tp, float):
-        return "a number"
-    if tp is str:
-        return "a string"
-    if dataclasses.is_dataclass(tp):
-        return "a section of keys"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _plural(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "values from " + ", ".join(str(a) for a in typing.get_args(tp))
-    word = describe(tp)
-    for a in ("a ", "an "):
-        word = word.removeprefix(a)
-    return {"integer": "integers", "number": "numbers", "string": "strings"}.get(word, word)
-
-
-def _one_line(err: Exception, parser: ArgumentParser, given: Any = None) -> str:
-    """jsonargparse's multi-line error as one line: the field, what it accepts, what was given."""
-    text = str(err)
-    m = re.match(r'Parser key "([^"]+)"', text)
-    if m:
-        key = m.group(1)
-        action = parser._option_string_actions.get(f"--{key}")
-        hint = getattr(action, "_typehint", None)
-        accepts = describe(hint) if hint is not None else "a valid value"
-        value = given(key) if given else None
-        if value is None:
-            found = re.findall(r"(?:Given|Got) value: (.*)", text)
-            value = found[-1].strip() if found else "?"
-        return f"--{key}: expected {accepts}, got {value!r}"
-    m = re.search(r"(?i)option '([^']+)' is not accepted|unrecognized arguments: (\S+)", text)
-    if m:
-        key = (m.group(1) or m.group(2)).lstrip("-").split("=")[0]
-        names = [s.lstrip("-") for s in parser._option_string_actions]
-        close = difflib.get_close_matches(key, names, n=1)
-        return f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else "") + \
-            "; --help lists them"
-    m = re.match(r"argument (--\S+): expected one argument", text)
-    if m:
-        action = parser._option_string_actions.get(m.group(1))
-        hint = getattr(action, "_typehint", None)
-        return f"{m.group(1)}: needs a value ({describe(hint) if hint is not None else 'see --help'})"
-    return " ".join(text.split())
