@@ -13,6 +13,7 @@ point's run folder, aggregate.csv), with the limits marked: the best curves, and
 Run: .venv/bin/python scripts/ablation_report.py   (SmolLM2: outputs/ablation into docs/ablation.md)
      .venv/bin/python scripts/ablation_report.py --sweeps outputs/ablation-gemma3 --doc docs/families.md \
          --marker ablation-gemma3
+     --only a,b  reads only those sweep folders (docs/ablation.md has one section per group of axes)
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def main() -> None:
     parser.add_argument("--curves", default="", help="comma-separated emotions whose best curves to plot")
     parser.add_argument("--plot", type=Path, default=None, help="where the curves go (png)")
     parser.add_argument("--top", type=int, default=4, help="curves per emotion")
+    parser.add_argument("--only", default="", help="comma-separated sweep folders to read (default: all of them)")
     args = parser.parse_args()
+    only = {s for s in args.only.split(",") if s}
     frames = []
     for csv in sorted(args.sweeps.glob("*/sweep.csv")):
+        if only and csv.parent.name not in only:
+            continue
         df = pd.read_csv(csv)
         if df.empty:
             continue
@@ -50,7 +55,7 @@ def main() -> None:
         df["sweep"] = csv.parent.name
         frames.append(df)
     if not frames:
-        raise SystemExit(f"no sweep results under {args.sweeps}")
+        raise SystemExit(f"no sweep results under {args.sweeps}" + (f" named {sorted(only)}" if only else ""))
     all_ = pd.concat(frames, ignore_index=True)
     all_["in_limits_03"] = all_["within_limits"].astype(bool) & (all_["gain"] >= 0.3)
     points = all_.groupby(["sweep", "point"], sort=False).agg(

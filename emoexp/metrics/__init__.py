@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "load_metric", "metric_path"]
+__all__ = ["METRICS", "load_metric", "metric_info", "metric_path"]
 
 #: Metric modules shipped in this folder.
 METRICS = ("eps", "tec", "topic_consistency", "perplexity", "repetition", "eas")
@@ -46,6 +46,28 @@ def metric_path(name: str) -> Path:
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}: emoexp ships {', '.join(METRICS)}")
     return _HERE / name
+
+
+def metric_info(doc: str, citation: str, inputs: str, *, predictions: str = "string",
+                references: str | None = None) -> Any:
+    """The ``evaluate.MetricInfo`` each metric script here returns from ``_info``.
+
+    Args:
+        doc: the metric's description (its module docstring).
+        citation: where the metric comes from.
+        inputs: what ``compute`` takes, in words.
+        predictions: the ``datasets`` value type of a prediction, or ``"float64 rows"`` for probability rows.
+        references: the same for references; ``None`` when the metric takes none.
+    """
+    import datasets
+    import evaluate
+
+    def feature(kind: str) -> Any:
+        return datasets.Sequence(datasets.Value("float64")) if kind == "float64 rows" else datasets.Value(kind)
+
+    features = {"predictions": feature(predictions)} | ({"references": feature(references)} if references else {})
+    return evaluate.MetricInfo(description=doc, citation=citation, inputs_description=inputs,
+                               features=datasets.Features(features))
 
 
 @functools.cache

@@ -1,19 +1,17 @@
 """Emotion Probability Score (EPS): emotion probabilities per text (emoexp.eval.emotion)."""
 
-import datasets
 import evaluate
 
 from emoexp.eval.emotion import emotion_probabilities
+from emoexp.metrics import metric_info
 
 
 class EmotionProbabilityScore(evaluate.Metric):
     """Per-text probabilities over the five emotions and neutral, and ``intensity = 1 - p_neutral``."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="arXiv 2502.04075 (EPS)",
-            inputs_description="predictions: texts. backend: an emoexp.eval.classifiers spec (default 'minilm').",
-            features=datasets.Features({"predictions": datasets.Value("string")}))
+        return metric_info(__doc__, "arXiv 2502.04075 (EPS)",
+                           "predictions: texts. backend: an emoexp.eval.classifiers spec (default 'minilm').")
 
     def _compute(self, predictions, backend="minilm", progress=False):
         out = emotion_probabilities(predictions, backend, progress=progress)
