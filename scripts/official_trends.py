@@ -1,16 +1,17 @@
 """Check the paper's trends on the authors' released generations with emoexp's offline backends.
 
 Scores every answer in ``<data>/results`` (4 families × 5 α of the base EV; Qwen2.5 × 5
-emotions × 4 α) with the offline EPS (MiniLM zero-shot), topic (MiniLM cosine) and
-repetition metrics, and perplexity (SmolLM2-135M-Instruct) on every ``--ppl-every``-th
-query of the base files. Aggregates per (family, target, α) with bootstrap 95% CIs, checks
+emotions × 4 α) with the offline EPS (the trained MiniLM head; ``--eps minilm-zeroshot``
+for the scorer before 2026-12-02), topic (MiniLM cosine) and repetition metrics, and
+perplexity (SmolLM2-135M-Instruct) on every ``--ppl-every``-th query of the base files.
+Aggregates per (family, target, α) with bootstrap 95% CIs, checks
 
 1. for each family, mean ``intensity`` rises over α = −1, 0, 1, 2;
 2. for each family, mean ``topic`` at α = 4 is below α = 0;
 3. for each emotion, Qwen2.5's mean ``tec`` at α = 2 is above α = 0;
 
 and writes the tables between the ``<!-- official-trends:begin/end -->`` markers of
-``docs/evaluation.md`` (and to ``<out>/trends.md``). Takes ~15 min on 2 CPU cores.
+``docs/evaluation.md`` (and to ``<out>/trends.md``). Takes ~15–25 min on 2 CPU cores.
 
 Usage:
     HF_HUB_OFFLINE=1 python scripts/official_trends.py --data ../shared/data/official

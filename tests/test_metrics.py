@@ -133,6 +133,26 @@ def test_perplexity_batching_truncation_and_counts():
     assert batched.n_tokens[1] == 15 and batched.n_tokens[0] == len(lm.tokenizer("hello world")["input_ids"])
 
 
+def test_perplexity_batches_keep_the_logits_under_budget(monkeypatch):
+    from emoexp.eval import perplexity as ppl
+
+    lm = ppl.ReferenceLM("tiny-random-llama", max_length=64, batch_size=8)
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(ppl, "LOGITS_BUDGET", vocab * 40)  # 40 tokens' logits per forward pass
+    shapes = []
+    hook = lm.model.register_forward_hook(lambda m, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                          with_kwargs=True)
+    texts = ["hi there", "ok", "yes please", "no", "fine then", "a much longer sentence " * 6, "word " * 50]
+    try:
+        batched = lm.perplexity(texts)
+    finally:
+        hook.remove()
+    assert all(rows == 1 or rows * width <= 40 for rows, width in shapes), shapes
+    assert max(rows for rows, _ in shapes) > 1 and sum(rows for rows, _ in shapes) == len(texts)
+    single = [lm.perplexity([t]).values[0] for t in texts]
+    assert np.allclose(batched.values, single, rtol=1e-4)
+
+
 def test_eas_has_no_offline_stand_in():
     with pytest.raises(ValueError, match="needs an LLM judge"):
         load_metric("eas").compute(predictions=["I am happy"], judge="minilm")

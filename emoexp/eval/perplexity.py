@@ -74,16 +74,13 @@ class ReferenceLM:
         truncated = [len(x) > keep for x in ids]
         seqs = [[self.start_id] + list(x[:keep]) for x in ids]
         values = np.full(len(texts), np.nan)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        starts = range(0, len(order), self.batch_size)
+        batches = self._batches(sorted((i for i in range(len(seqs)) if len(seqs[i]) > 1), key=lambda i: len(seqs[i])),
+                                [len(x) for x in seqs])
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"perplexity ({self.model_id.split('/')[-1]})", unit="batch")
-        for s in starts:
-            idx = [i for i in order[s:s + self.batch_size] if len(seqs[i]) > 1]
-            if not idx:
-                continue
+            batches = tqdm(batches, desc=f"perplexity ({self.model_id.split('/')[-1]})", unit="batch")
+        for idx in batches:
             width = max(len(seqs[i]) for i in idx)
             input_ids = torch.full((len(idx), width), self.start_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -98,6 +95,26 @@ class ReferenceLM:
             mean_nll = (nll * m).sum(1) / m.sum(1)
             values[idx] = torch.exp(mean_nll).cpu().numpy()
         return PerplexityResult(values, [len(x) - 1 for x in seqs], truncated)
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive runs of ``order`` (ascending length): at most ``batch_size`` texts, and no more
+        padded tokens than keep the batch's logits under :data:`LOGITS_BUDGET` floats (a long text
+        goes alone: a batch of 8 texts of 4,000 tokens would need 8 × 4,000 × 49,152 floats, 6 GB,
+        for SmolLM2's logits, twice over with the log-softmax)."""
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        tokens = max(1, LOGITS_BUDGET // vocab)
+        batches: list[list[int]] = []
+        for i in order:
+            b = batches[-1] if batches else None
+            if b is not None and len(b) < self.batch_size and (len(b) + 1) * lengths[i] <= tokens:
+                b.append(i)
+            else:
+                batches.append([i])
+        return batches
+
+
+#: Most logits (floats) one perplexity batch may hold: 512 MB in float32.
+LOGITS_BUDGET = 2**27
 
 
 #: Models already in memory, by spec (the pipeline registers the model it studies, so
