@@ -248,6 +248,8 @@ class GenerateOptions:
     """Steer with vectors extracted from another model (same shapes); refused by default."""
     min_split_half: float | None = None
     """Steer only the layers where the target EV's split-half cosine (recorded at extraction) reaches this."""
+    centre: bool = False
+    """Steer with each EV minus the mean of the file's EVs (the part that tells the emotions apart)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -275,6 +277,8 @@ class GenerateOptions:
         if self.compile is not None and self.positions != "all":
             raise ConfigError("compile: steers through output-projection biases, which act at every position: "
                               "it needs positions=all")
+        if self.centre and any("base" in parse_target(t) for t in self.targets):
+            raise ConfigError("centre: the 'base' target is the mean of the EVs, which centring makes zero")
 
 
 @dataclass

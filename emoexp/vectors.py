@@ -167,6 +167,21 @@ class EmotionVectors:
         return EmotionVectors(masked, {**self.metadata, "reliable_layers": {e: keep[e].nonzero().flatten().tolist()
                                                                             for e in self.emotions}})
 
+    def centred(self) -> EmotionVectors:
+        """A copy in which each emotion's EV has the mean of the stored EVs (``base``) subtracted.
+
+        Emotional-vs-neutral EVs share a large common part (on SmolLM2 their per-layer cosines
+        are 0.5-0.9): centring keeps what tells one emotion from the others (mean-centring).
+        The centred EVs sum to zero, so ``base`` of the copy is zero.
+
+        Raises:
+            ValueError: fewer than two emotions are stored.
+        """
+        if len(self.emotions) < 2:
+            raise ValueError(f"centring needs at least 2 emotions; these vectors hold {self.emotions}")
+        mean = self["base"]
+        return EmotionVectors({e: v - mean for e, v in self._vectors.items()}, {**self.metadata, "centred": True})
+
     def relative_doses(self) -> dict[str, list[float]]:
         """Per-layer ‖EV_l‖ / mean ‖h_l‖ (needs ``activation_norms`` in the metadata)."""
         scale = self.metadata.get("activation_norms")

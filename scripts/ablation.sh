@@ -28,6 +28,14 @@ E attempt-dose-16 --grid "extract.limit=[16]" --grid "generate.alpha_unit=[dose]
    --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.3]]"
 # 6. PCA of the per-query paired differences instead of their mean (as repeng does)
 E attempt-pca --grid "extract.method=[pca]"
+# 7. the levers together: EVs from 32 queries per emotion, alone and steering only the reliable layers,
+#    each also on top of the emotional prompt
+E attempt-combined --grid "extract.limit=[32]" --grid "generate.min_split_half=[null, 0.3]" \
+   --grid "generate.conditions=[[unsteered, steered, prompt, prompt_steered]]"
+# 8. centred EVs: each minus the mean of the five (their shared emotional-vs-neutral part removed);
+#    they are about half as long, hence the larger alphas
+E attempt-centred --grid "extract.limit=[8, 32]" --grid "generate.centre=[true]" \
+   --grid "generate.alphas=[[0, 1, 2, 4, 6]]" --grid "generate.conditions=[[unsteered, steered, prompt, prompt_steered]]"
 # --- the other axes ---
 # 7. alpha in relative-dose units (attn, all layers)
 E dose --grid "generate.alpha_unit=[dose]" --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.4]]"

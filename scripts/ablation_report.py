@@ -48,7 +48,7 @@ def main() -> None:
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
                                                    "folder"}]
         axes = [a for a in axes if a not in ("condition", "generate.conditions")]  # the condition column says it
-        labels = df[axes].astype(str).replace("nan", "all layers")  # an empty layer list is every layer
+        labels = df[axes].astype(object).fillna("all layers").astype(str)  # null layers: every layer
         df["point"] = labels.apply(lambda r: " ".join(map(str, r)), axis=1) if axes else "base"
         if "condition" in df:
             df["point"] = df["point"] + df["condition"].map({"steered": "", "prompt_steered": " (prompt + EV)"})

@@ -111,6 +111,26 @@ def test_compiled_generation_equals_eager_hooks(extracted, tmp_path):
     assert missing.returncode == 2 and "unknown emotion 'fear'" in missing.stderr and "Loading" not in missing.stderr
 
 
+def test_centred_generation_equals_the_target_minus_the_mean(extracted, tmp_path):
+    """--centre true steers 'anger' with anger - mean(EVs): the same responses as the mix target
+    anger=1+base=-1 without centring, and not those of plain anger."""
+    args = ["generate", *COMMON, "--data", "emotionquery_plus", "--limit", "1", "--alphas=0,4,8",
+            "--vectors", str(extracted[1]), "--conditions", "[unsteered, steered]"]
+    centred, mixed = tmp_path / "centred.jsonl", tmp_path / "mixed.jsonl"
+    _ok(_emoexp([*args, "--targets", "anger", "--centre", "true", "--out", str(centred)]))
+    _ok(_emoexp([*args, "--targets", "anger=1+base=-1,anger", "--out", str(mixed)]))
+    a = [json.loads(x) for x in centred.read_text().splitlines()]
+    b = [json.loads(x) for x in mixed.read_text().splitlines()]
+
+    def steered(rows, target):
+        return [(r["id"], r["alpha"], r["response"]) for r in rows if r["condition"] == "steered" and r["target"] == target]
+
+    assert steered(a, "anger") == steered(b, "anger=1+base=-1")
+    assert steered(a, "anger") != steered(b, "anger")  # centring changed what was steered
+    bad = _emoexp([*args, "--targets", "base", "--centre", "true", "--out", str(tmp_path / "x.jsonl")])
+    assert bad.returncode == 2 and "centre" in bad.stderr
+
+
 def _kill_9_when(args: list[str], out: Path, ready) -> Path:
     """Start ``emoexp *args --out out``, SIGKILL its process group once ``ready(work dir)`` holds
     (or after 300 s), and return the work dir; the run must not have finished."""

@@ -49,6 +49,34 @@ def test_combine_and_base():
     assert torch.allclose(evs.cosine().diagonal(), torch.ones(3))
 
 
+def test_centred_keeps_what_tells_the_emotions_apart():
+    evs = _evs()
+    c = evs.centred()
+    base = evs["base"]
+    for e in evs.emotions:
+        assert torch.allclose(c[e], evs[e] - base)
+        # differences between emotions are untouched
+        assert torch.allclose(c[e] - c["joy"], evs[e] - evs["joy"], atol=1e-6)
+    assert torch.allclose(c["base"], torch.zeros(3, 8), atol=1e-6)
+    assert c.metadata["centred"] is True and "centred" not in evs.metadata
+    assert torch.equal(evs["anger"], _evs()["anger"])  # the original is not modified
+    with pytest.raises(ValueError, match="at least 2 emotions"):
+        EmotionVectors({"joy": torch.ones(3, 8)}).centred()
+
+
+def test_reliable_layers_zero_only_the_unreliable_ones():
+    evs = _evs()
+    evs.metadata["split_half_cosine"] = {"anger": [0.9, 0.2, 0.5], "joy": [0.1, 0.95, 0.3], "sadness": [0.3] * 3}
+    r = evs.reliable_layers(0.3)
+    assert r.metadata["reliable_layers"] == {"anger": [0, 2], "joy": [1, 2], "sadness": [0, 1, 2]}
+    for e, keep in r.metadata["reliable_layers"].items():
+        for layer in range(3):
+            want = evs[e][layer] if layer in keep else torch.zeros(8)
+            assert torch.equal(r[e][layer], want), (e, layer)
+    with pytest.raises(ValueError, match="no split-half cosine"):
+        _evs().reliable_layers(0.3)
+
+
 def test_bad_emotion_and_weights():
     evs = _evs()
     with pytest.raises(KeyError, match="anger, joy, sadness"):

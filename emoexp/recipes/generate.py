@@ -73,11 +73,29 @@ def check_vectors(evs: Any, info: Any, cfg: GenerateConfig, path: str | Path) ->
     from ..vectors import check_compatible
 
     check_compatible(evs, info, allow_foreign=cfg.allow_foreign_vectors, path=path)
+    try:
+        steering_vectors(evs, cfg)
+    except ValueError as err:
+        raise ConfigError(f"--vectors {path}: {err}") from None
     for t in cfg.targets:
         try:
             evs.combine(parse_target(t))
         except KeyError as err:
             raise ConfigError(f"--targets: {t!r}: {err.args[0]} in {path}") from None
+
+
+def steering_vectors(evs: Any, cfg: GenerateConfig) -> Any:
+    """The EVs the grid steers with: centred (``centre``), then only the reliable layers
+    (``min_split_half``), as configured.
+
+    Raises:
+        ValueError: centring one emotion; no split-half cosines recorded.
+    """
+    if cfg.centre:
+        evs = evs.centred()
+    if cfg.min_split_half is not None:
+        evs = evs.reliable_layers(cfg.min_split_half)
+    return evs
 
 
 @dataclass
@@ -200,8 +218,8 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
 
     assert job.out is not None
     cfg, entries, queries, evs = job.cfg, job.entries, job.queries, job.evs
-    if evs is not None and cfg.min_split_half is not None:
-        evs = evs.reliable_layers(cfg.min_split_half)
+    if evs is not None:
+        evs = steering_vectors(evs, cfg)
     rank, world = fabric.global_rank, fabric.world_size
     preempt = Preemption()
     wd = WorkDir(job.out)
