@@ -365,6 +365,9 @@ class RunConfig(Common):
             self.generate.limit = max(1, self.limit // 4)
         self.extract_config()  # the stage configs' own checks, now rather than when the stage starts
         self.generate_config()
+        if self.generate.centre and len(self.extract.emotions) < 2:
+            raise ConfigError("generate.centre: subtracts the mean of the extracted EVs, which needs at least 2 "
+                              f"emotions; extract.emotions is {self.extract.emotions}")
 
     def _common(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(Common)}

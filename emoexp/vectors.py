@@ -170,8 +170,9 @@ class EmotionVectors:
     def centred(self) -> EmotionVectors:
         """A copy in which each emotion's EV has the mean of the stored EVs (``base``) subtracted.
 
-        Emotional-vs-neutral EVs share a large common part (on SmolLM2 their per-layer cosines
-        are 0.5-0.9): centring keeps what tells one emotion from the others (mean-centring).
+        Emotional-vs-neutral EVs share a large common part (on SmolLM2 the mean per-layer cosines
+        between emotions are 0.5-0.9 with 32 queries per emotion): centring keeps what tells one
+        emotion from the others (mean-centring).
         The centred EVs sum to zero, so ``base`` of the copy is zero.
 
         Raises:

@@ -33,19 +33,19 @@ E attempt-pca --grid "extract.method=[pca]"
 E attempt-combined --grid "extract.limit=[32]" --grid "generate.min_split_half=[null, 0.3]" \
    --grid "generate.conditions=[[unsteered, steered, prompt, prompt_steered]]"
 # 8. centred EVs: each minus the mean of the five (their shared emotional-vs-neutral part removed);
-#    they are about half as long, hence the larger alphas
+#    they are mostly shorter (on average 0.4-1.0x the uncentred norm per layer), hence the larger alphas
 E attempt-centred --grid "extract.limit=[8, 32]" --grid "generate.centre=[true]" \
    --grid "generate.alphas=[[0, 1, 2, 4, 6]]" --grid "generate.conditions=[[unsteered, steered, prompt, prompt_steered]]"
 # --- the other axes ---
-# 7. alpha in relative-dose units (attn, all layers)
+# 9. alpha in relative-dose units (attn, all layers)
 E dose --grid "generate.alpha_unit=[dose]" --grid "generate.alphas=[[0, 0.05, 0.1, 0.2, 0.4]]"
-# 8. site and layers (raw alpha grids differ per site: their scales differ)
+# 10. site and layers (raw alpha grids differ per site: their scales differ)
 E site-residual --grid "extract.site=[residual]" \
    --grid "generate.layers=[null, [8, 9, 10, 11, 12, 13, 14, 15], [12]]" --grid "generate.alphas=[[0, 0.25, 0.5, 1, 2, 4]]"
 E site-mlp --grid "extract.site=[mlp]" --grid "generate.alphas=[[0, 1, 2, 4]]"
 E attn-layers --grid "generate.layers=[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]]" \
    --grid "generate.alphas=[[0, 1, 2, 4, 6]]"
-# 9. token scope of the captured activations
+# 11. token scope of the captured activations
 E scope --grid "extract.scope=[all, last]"
-# 10. positions: the authors' generated-positions edit
+# 12. positions: the authors' generated-positions edit
 E positions --grid "generate.positions=[generated]"

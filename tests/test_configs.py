@@ -87,6 +87,9 @@ def test_flags_win_over_the_file_and_shorthands_apply(tmp_path):
     ("generate:\n  top_p: 2\n", "--generate.top_p: expected a number in (0, 1], got 2"),
     ("model: [unclosed\n", "malformed YAML"),
     ("- a\n- b\n", "expected a mapping at the top level"),
+    ("generate:\n  centre: true\n  targets: [joy, base]\n", "centre: the 'base' target is the mean of the EVs"),
+    ("extract:\n  emotions: [joy]\ngenerate:\n  centre: true\n  targets: [joy]\n",
+     "generate.centre: subtracts the mean of the extracted EVs, which needs at least 2 emotions"),
 ])
 def test_bad_config_files_are_one_line(tmp_path, yaml_text, message):
     f = tmp_path / "bad.yaml"

@@ -129,6 +129,11 @@ def test_centred_generation_equals_the_target_minus_the_mean(extracted, tmp_path
     assert steered(a, "anger") != steered(b, "anger")  # centring changed what was steered
     bad = _emoexp([*args, "--targets", "base", "--centre", "true", "--out", str(tmp_path / "x.jsonl")])
     assert bad.returncode == 2 and "centre" in bad.stderr
+    full = EmotionVectors.load(extracted[1])
+    one = EmotionVectors({"joy": full["joy"]}, full.metadata).save(tmp_path / "joy.safetensors")
+    lone = _emoexp([str(one) if a == str(extracted[1]) else a for a in args]
+                   + ["--targets", "joy", "--centre", "true", "--out", str(tmp_path / "y.jsonl")])
+    assert lone.returncode == 2 and "at least 2 emotions" in lone.stderr and "Loading" not in lone.stderr
 
 
 def _kill_9_when(args: list[str], out: Path, ready) -> Path:
