@@ -26,11 +26,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,7 +67,7 @@ from .vocab import (
 
 __all__ = [
     "DEFAULT_CONDITIONS", "Common", "ConfigError", "EvaluateOptions", "ExtractConfig", "ExtractOptions", "GenerateConfig",
-    "GenerateOptions", "RunConfig", "build_parser", "dump", "fingerprint", "from_dict", "load_yaml", "parse",
+    "GenerateOptions", "RunConfig", "build_parser", "dump", "from_dict", "load_yaml", "parse",
     "parse_target", "to_dict",
 ]
 
@@ -379,29 +376,3 @@ class RunConfig(Common):
     def generate_config(self, vectors: str | None = None, out: str | None = None) -> GenerateConfig:
         """The generation stage's config (common fields + ``generate``)."""
         return GenerateConfig(**self._common(), **dataclasses.asdict(self.generate), vectors=vectors, out=out)
-
-
-# -- validation ------------------------------------------------------------------------------
-
-
-# -- identity --------------------------------------------------------------------------------
-
-#: Fields that do not shape results: where outputs go, how many processes, logging.
-NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "out", "out_dir", "limit", "mlflow", "experiment",
-                      "vectors", "evs_dir")
-
-
-def fingerprint(cfg: Any, inputs: dict[str, str] | None = None,
-                exclude: Sequence[str] = NOT_RESULT_SHAPING) -> dict[str, Any]:
-    """The result-shaping part of a config plus the content fingerprints of its inputs, and
-    their hash: the identity of a result (resume, reuse, MLflow parent).
-
-    Example:
-        >>> a = fingerprint(ExtractConfig(devices=1), {"data": "abc"})
-        >>> a["sha"] == fingerprint(ExtractConfig(devices=4), {"data": "abc"})["sha"]
-        True
-    """
-    d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
-    ident = {"fields": json.loads(json.dumps(d, sort_keys=True, default=str)), "inputs": dict(inputs or {})}
-    blob = json.dumps(ident, sort_keys=True)
-    return {**ident, "sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}

@@ -5,7 +5,8 @@
 - a model: its folder's weight, config and tokenizer files (:func:`folder_sha256`), or a hub
   commit (:func:`emoexp.models.model_fingerprint` decides which);
 - data: the loaded, normalised rows (:func:`emoexp.datasets.dataset_fingerprint`);
-- emotion vectors: their tensors (:meth:`emoexp.vectors.EmotionVectors.fingerprint`).
+- emotion vectors: their tensors (:meth:`emoexp.vectors.EmotionVectors.fingerprint`);
+- a result: the result-shaping fields of its config plus those inputs (:func:`result_identity`).
 
 Example:
     >>> file_sha256("emoexp/data/emotionquery.jsonl")[:8]          # doctest: +SKIP
@@ -14,13 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MODEL_FILES", "digest", "file_sha256", "folder_sha256"]
+__all__ = ["MODEL_FILES", "NOT_RESULT_SHAPING", "digest", "file_sha256", "folder_sha256", "result_identity"]
 
 #: Files of a model folder that shape its outputs: weights, configs, tokenizer and chat template.
 MODEL_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja",
@@ -122,3 +125,25 @@ def folder_sha256(folder: str | Path, patterns: Iterable[str] = MODEL_FILES) -> 
         raise FileNotFoundError(f"{root} holds no model files ({', '.join(patterns)})")
     sums = _hashes(files)
     return digest([[str(p.relative_to(root)), sums[p]] for p in files])
+
+
+#: Config fields that do not shape results: where outputs go, how many processes, logging.
+NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "out", "out_dir", "limit", "mlflow", "experiment",
+                      "vectors", "evs_dir")
+
+
+def result_identity(cfg: Any, inputs: dict[str, str] | None = None,
+                    exclude: Sequence[str] = NOT_RESULT_SHAPING) -> dict[str, Any]:
+    """The result-shaping part of a config (a dataclass) plus the content fingerprints of its
+    inputs, and their hash: the identity of a result (resume, reuse, MLflow parent).
+
+    Example:
+        >>> from emoexp.config import ExtractConfig
+        >>> a = result_identity(ExtractConfig(devices=1), {"data": "abc"})
+        >>> a["sha"] == result_identity(ExtractConfig(devices=4), {"data": "abc"})["sha"]
+        True
+    """
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
+    ident = {"fields": json.loads(json.dumps(d, sort_keys=True, default=str)), "inputs": dict(inputs or {})}
+    blob = json.dumps(ident, sort_keys=True)
+    return {**ident, "sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}

@@ -1,7 +1,7 @@
 """A resumable work folder next to an output, and one writer per output.
 
 ``<out>.work/`` holds ``identity.json`` (the result-shaping config and the content fingerprints
-of the inputs, :func:`emoexp.config.fingerprint`), per-rank JSONL shards flushed per batch,
+of the inputs, :func:`emoexp.fingerprint.result_identity`), per-rank JSONL shards flushed per batch,
 per-rank state saved atomically, and ``complete.json`` once the output is written. A rerun with
 the same identity continues from what is there, or skips the stage when it is complete and the
 output is unchanged; a different identity is refused, naming what differs (config fields or

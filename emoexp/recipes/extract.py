@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ExtractConfig, fingerprint
+from ..config import ExtractConfig
+from ..fingerprint import result_identity
 from ..redact import log
 
 __all__ = ["Args", "ExtractJob", "extract", "main", "prepare"]
@@ -68,7 +69,7 @@ def prepare(cfg: ExtractConfig, *, info: Any = None, tok: Any = None, out: str |
     check_lengths(prompts, [it.query.id for it in items], info.context, cfg.max_new_tokens + 1,
                   cfg.max_prompt_tokens)
     data_fp = dataset_fingerprint(queries)
-    identity = fingerprint(cfg, {"data": data_fp, "model": info.fingerprint})
+    identity = result_identity(cfg, {"data": data_fp, "model": info.fingerprint})
     path = Path(out or cfg.out or default_out(cfg.model, identity))
     return ExtractJob(cfg, info, tok, queries, items, prompts, data_fp, identity, path)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, GenerateConfig, fingerprint, parse_target
+from ..config import ConfigError, GenerateConfig, parse_target
+from ..fingerprint import result_identity
 from ..redact import log
 from ..vocab import STEERED_CONDITIONS
 
@@ -132,7 +133,7 @@ class GenerateJob:
             self.evs, self.vectors = EmotionVectors.load(path), Path(path)
             check_vectors(self.evs, self.info, self.cfg, path)
             inputs["vectors"] = self.evs.fingerprint()
-        self.identity = fingerprint(self.cfg, inputs)
+        self.identity = result_identity(self.cfg, inputs)
         self.out = Path(out or self.cfg.out or default_out(self.cfg.model, self.identity))
         return self
 

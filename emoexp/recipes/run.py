@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, fingerprint, to_dict
+from ..config import RunConfig, to_dict
+from ..fingerprint import result_identity
 from ..redact import log
 
 __all__ = ["Args", "RunJob", "main", "prepare", "results_table", "run", "slug"]
@@ -72,7 +73,7 @@ def prepare(cfg: RunConfig) -> RunJob:
     ej = extract.prepare(cfg.extract_config(), info=info, tok=tok)
     gj = generate.prepare(cfg.generate_config(), info=info, tok=tok, attach=False)
     inputs = {"extract_data": ej.data_fingerprint, "eval_data": gj.data_fingerprint, "model": info.fingerprint}
-    identity = fingerprint(cfg, inputs)
+    identity = result_identity(cfg, inputs)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "run" / f"{slug(cfg.model)}-{identity['sha'][:10]}"
     ej.out = (Path(cfg.evs_dir) / f"{slug(cfg.model)}-{ej.identity['sha'][:16]}.safetensors" if cfg.evs_dir
               else out_dir / "evs.safetensors")
