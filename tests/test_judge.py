@@ -31,7 +31,8 @@ class Server:
     """A scripted OpenAI-compatible server: each request pops the next action.
 
     An action is a dict (sent as the assistant's JSON content), a str (sent as raw content),
-    ``("status", code)``, ``("sleep", seconds)`` or ``("raw", bytes)`` (the whole HTTP body).
+    ``("status", code)``, ``("sleep", seconds)``, ``("raw", bytes)`` (the whole HTTP body), or a
+    function of the request body returning one of the first two.
     When the script runs out, the last action repeats.
     """
 
@@ -48,6 +49,8 @@ class Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 action = outer.actions.pop(0) if len(outer.actions) > 1 else outer.actions[0]
+                if callable(action):
+                    action = action(body)
                 if isinstance(action, tuple) and action[0] == "sleep":
                     time.sleep(action[1])
                     action = VALID

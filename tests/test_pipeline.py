@@ -111,3 +111,56 @@ def test_rerun_of_the_same_config_adds_nothing_and_compare_reads_mlflow(job):
     want = agg[agg["condition"] == "unsteered"]["topic"]
     assert csv["topic@unsteered"].iloc[0] == pytest.approx(float(want.iloc[0]), rel=1e-9)
     assert checked == 6
+
+
+def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_parent(job, tmp_path):
+    """`emoexp evaluate <run folder> --eps X` and `--run_id <parent>`: new scores under the
+    scorer's name, nothing the run wrote changed, one parent holding both scorers' children."""
+    import shutil
+
+    import numpy as np
+
+    from emoexp.eval.classifiers import scorer_identity
+
+    root, out = job["root"], job["root"] / "out"
+    before = (out / "scores.jsonl").read_bytes()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def evaluate(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "emoexp", "evaluate", *args], cwd=root, env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=600, check=False)
+
+    proc = evaluate("out", "--eps", "minilm-written")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = pd.read_json(out / "rescored" / "minilm-written" / "scores.jsonl", lines=True)
+    old = pd.read_json(out / "scores.jsonl", lines=True)
+    assert (out / "scores.jsonl").read_bytes() == before
+    assert set(new["scorer"]) == {scorer_identity("minilm-written")} and set(old["scorer"]) == {scorer_identity("minilm")}
+    key = ["id", "condition", "target", "alpha"]
+    both = new.merge(old, on=key, suffixes=("", "_old"))
+    assert len(both) == len(old) == len(new)
+    assert np.allclose(both["topic"], both["topic_old"])  # scorer-independent columns are the run's own
+    assert not np.allclose(both["p_joy"], both["p_joy_old"])  # another scorer, other probabilities
+    parents, children = _runs(job["client"])
+    assert len(parents) == 1
+    by = {}
+    for c in children:
+        by.setdefault(c.data.tags.get("emoexp.scorer"), []).append(c)
+    assert len(by[scorer_identity("minilm")]) == len(by[scorer_identity("minilm-written")]) == 31
+    metrics = job["client"].get_run(parents[0].info.run_id).data.metrics
+    assert metrics["minilm-written.n_generations"] == len(new)
+    # the same from the MLflow parent alone, through the server
+    proc = evaluate("--run_id", parents[0].info.run_id, "--eps", "minilm-zeroshot",
+                    MLFLOW_TRACKING_URI=job["client"].tracking_uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, children = _runs(job["client"])
+    assert sum(c.data.tags.get("emoexp.scorer") == scorer_identity("minilm-zeroshot") for c in children) == 31
+    # a truncated generations file is refused with one line, and nothing is written
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut, ignore=shutil.ignore_patterns("rescored"))
+    lines = (cut / "generations.jsonl").read_text().splitlines(keepends=True)
+    (cut / "generations.jsonl").write_text("".join(lines[: len(lines) // 2]))
+    proc = evaluate(str(cut), "--eps", "minilm-written")
+    assert proc.returncode == 2 and "not the complete file" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (cut / "rescored").exists()

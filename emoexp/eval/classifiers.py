@@ -2,11 +2,14 @@
 
 Backends (the ``eps`` spec of :class:`emoexp.eval.backends.Backends`):
 
-- ``minilm`` (offline default): a softmax layer (6 x 384 weights + 6 biases, 9 KB in
-  ``emoexp/data/emotion_head.safetensors``) over all-MiniLM-L6-v2 sentence embeddings,
-  trained on emoexp's own labelled replies (``emoexp/data/emotion_text_train.jsonl``, 720
-  texts) by :func:`fit_head` (``scripts/fit_emotion_head.py``). It was chosen over the others by
-  ``emoexp validate-scorer`` on text it was not fitted on (docs/evaluation.md).
+- ``minilm`` (offline default): a softmax layer over all-MiniLM-L6-v2 embeddings of the
+  normalised text (emoji named, loops shortened: :mod:`emoexp.eval.normalise`) and four style
+  features (capitals, exclamations, emoji, repeats), in ``emoexp/data/emotion_head_real.safetensors``,
+  trained on emoexp's written replies and on hand-labelled real model text
+  (:mod:`emoexp.eval.real_text`) by :mod:`emoexp.eval.training`, chosen by cross-validation
+  grouped by model family, never fitted on Qwen2.5 text (held out: docs/evaluation.md).
+- ``minilm-written`` (the default before 2026-12-06): the same layer over raw-text embeddings,
+  trained on the written replies only (``emoexp/data/emotion_head.safetensors``).
 - ``minilm-zeroshot`` (the former default, kept for comparison): cosine between the text and
   ``"This text expresses {emotion}."``; neutral is the larger of the cosine to ``"This text
   expresses no emotion."`` and τ = 0.15; ``p = softmax(cos / 0.05)``.
@@ -35,19 +38,21 @@ import numpy as np
 import torch
 
 from ..vocab import EMOTIONS
-from .encoders import MINILM, get_encoder
+from .encoders import MINILM, get_encoder, minilm_path
 
 __all__ = [
-    "DEFAULT_TEMPLATE", "HEAD_PATH", "LABELS", "NEUTRAL", "EmotionHead", "EmotionResult", "NLIZeroShot",
-    "Prototypes", "ZeroShot", "fit_head", "get_classifier", "load_labelled",
+    "DEFAULT_TEMPLATE", "HEAD_PATH", "LABELS", "NEUTRAL", "REAL_HEAD_PATH", "EmotionHead", "EmotionResult",
+    "NLIZeroShot", "Prototypes", "ZeroShot", "get_classifier", "load_labelled", "scorer_identity",
 ]
 
 NEUTRAL = "neutral"
 #: The classifiers' labels: the five emotions, then neutral.
 LABELS = (*EMOTIONS, NEUTRAL)
 DEFAULT_TEMPLATE = "This text expresses {}."
-#: The trained head shipped with the package.
+#: The head trained on written replies only (``minilm-written``).
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "emotion_head.safetensors"
+#: The default head (``minilm``): written replies and labelled real model text.
+REAL_HEAD_PATH = HEAD_PATH.with_name("emotion_head_real.safetensors")
 #: Several ways to say each label, for ``minilm-ensemble``.
 DESCRIPTIONS = {
     "anger": ("anger", "irritation and outrage", "frustration and resentment"),
@@ -102,7 +107,7 @@ class ZeroShot:
     def config(self) -> dict:
         return {"backend": self.name, "model": self.model_id, "templates": list(self.templates),
                 "descriptions": {k: list(v) for k, v in self.descriptions.items()}, "temperature": self.temperature,
-                "neutral_threshold": self.neutral_threshold}
+                "neutral_threshold": self.neutral_threshold, "fingerprint": scorer_identity(self.name)}
 
     def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
         enc = self.encoder.encode(texts, progress=progress)
@@ -125,7 +130,8 @@ class Prototypes:
             torch.stack([emb[torch.from_numpy(y == k)].mean(0) for k in range(len(self.labels))]), dim=-1)
 
     def config(self) -> dict:
-        return {"backend": "minilm-proto", "model": self.model_id, "temperature": self.temperature}
+        return {"backend": "minilm-proto", "model": self.model_id, "temperature": self.temperature,
+                "fingerprint": scorer_identity("minilm-proto")}
 
     def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
         enc = self.encoder.encode(texts, progress=progress)
@@ -134,28 +140,44 @@ class Prototypes:
 
 
 class EmotionHead:
-    """A softmax layer over sentence embeddings: ``p = softmax(W e + b)``.
+    """A softmax layer over sentence embeddings: ``p = softmax(W x + b)``, where ``x`` is the
+    embedding of the text (normalised first when ``meta["normalise"]``), followed by its
+    :func:`~emoexp.eval.normalise.style_features` when ``meta["style"]``.
 
     Args:
-        weight: ``[6, D]``; bias: ``[6]``.
-        meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores).
+        weight: ``[6, D]`` (``D`` = embedding size, + 4 with style features); bias: ``[6]``.
+        meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores, features).
+        name: the backend name it is selected by.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, meta: dict | None = None, encoder: str = MINILM):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, meta: dict | None = None, encoder: str = MINILM,
+                 name: str = MINILM):
         self.weight, self.bias, self.meta = weight.float(), bias.float(), dict(meta or {})
         self.encoder = get_encoder(encoder)
-        self.model_id, self.labels = self.encoder.model_id, LABELS
+        self.model_id, self.labels, self.name = self.encoder.model_id, LABELS, name
+
+    def features(self, texts: Sequence[str], *, progress: bool = False) -> tuple[torch.Tensor, list[bool]]:
+        """The head's input ``[N, D]`` for ``texts`` and each text's truncation flag."""
+        from .normalise import normalise, style_features
+
+        texts = list(texts)
+        enc = self.encoder.encode([normalise(t) for t in texts] if self.meta.get("normalise") else texts,
+                                  progress=progress)
+        x = enc.embeddings
+        if self.meta.get("style"):
+            x = torch.cat([x, torch.from_numpy(style_features(texts))], dim=1)
+        return x, enc.truncated
 
     @classmethod
-    def load(cls, path: str | Path = HEAD_PATH) -> EmotionHead:
+    def load(cls, path: str | Path = REAL_HEAD_PATH, name: str = MINILM) -> EmotionHead:
         """The head saved by :meth:`save` (default: the one shipped in the package)."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("emoexp", "{}"))
-            return cls(f.get_tensor("weight"), f.get_tensor("bias"), meta)
+            return cls(f.get_tensor("weight"), f.get_tensor("bias"), meta, name=name)
 
-    def save(self, path: str | Path = HEAD_PATH) -> Path:
+    def save(self, path: str | Path = REAL_HEAD_PATH) -> Path:
         from safetensors.torch import save_file
 
         from ..vectors import default_mode
@@ -166,76 +188,15 @@ class EmotionHead:
         return Path(path)
 
     def config(self) -> dict:
-        keep = ("train_fingerprint", "l2", "cv_macro_f1", "n_train", "version")
-        return {"backend": "minilm-head", "model": self.model_id, **{k: self.meta.get(k) for k in keep}}
+        keep = ("train_fingerprint", "l2", "n_train", "version", "normalise", "style", "held_out")
+        return {"backend": self.name, "model": self.model_id, **{k: self.meta.get(k) for k in keep},
+                "fingerprint": scorer_identity(self.name)}
 
     def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
-        enc = self.encoder.encode(texts, progress=progress)
-        logits = enc.embeddings @ self.weight.T + self.bias
-        return EmotionResult(self.labels, torch.softmax(logits, -1).numpy().astype(np.float64), enc.truncated,
+        x, truncated = self.features(texts, progress=progress)
+        logits = x @ self.weight.T + self.bias
+        return EmotionResult(self.labels, torch.softmax(logits, -1).numpy().astype(np.float64), truncated,
                              self.config())
-
-
-def _train_softmax(x: torch.Tensor, y: torch.Tensor, l2: float, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression (L2 on the weights), full-batch L-BFGS, deterministic."""
-    w = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    x64 = x.double()
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x64 @ w.T + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return w.detach().float(), b.detach().float()
-
-
-def _macro_f1(y: np.ndarray, pred: np.ndarray, classes: int) -> float:
-    f1 = []
-    for k in range(classes):
-        tp, fp, fn = np.sum((pred == k) & (y == k)), np.sum((pred == k) & (y != k)), np.sum((pred != k) & (y == k))
-        f1.append(2 * tp / max(2 * tp + fp + fn, 1))
-    return float(np.mean(f1))
-
-
-def fit_head(texts: Sequence[str], labels: Sequence[str], *,
-             l2_grid: Sequence[float] = (1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-             folds: int = 5, seed: int = 0, encoder: str = MINILM) -> EmotionHead:
-    """Fit :class:`EmotionHead` on labelled texts; the L2 strength is chosen by stratified
-    ``folds``-fold cross-validation (macro-F1) on these texts only.
-
-    Example:
-        >>> head = fit_head(*load_labelled("emoexp/data/emotion_text_train.jsonl"))   # doctest: +SKIP
-    """
-    from ..fingerprint import digest
-
-    enc = get_encoder(encoder)
-    x = enc.encode(list(texts)).embeddings
-    y = torch.tensor([LABELS.index(lab) for lab in labels])
-    rng = np.random.default_rng(seed)
-    fold_of = np.zeros(len(y), dtype=int)
-    for k in range(len(LABELS)):  # stratified: each label's rows dealt round-robin after a seeded shuffle
-        idx = np.flatnonzero(y.numpy() == k)
-        fold_of[rng.permutation(idx)] = np.arange(len(idx)) % folds
-    scores = {}
-    for l2 in l2_grid:
-        pred = np.zeros(len(y), dtype=int)
-        for f in range(folds):
-            tr, te = torch.from_numpy(fold_of != f), torch.from_numpy(fold_of == f)
-            w, b = _train_softmax(x[tr], y[tr], l2, len(LABELS))
-            pred[te.numpy()] = (x[te] @ w.T + b).argmax(-1).numpy()
-        scores[l2] = _macro_f1(y.numpy(), pred, len(LABELS))
-    best = max(l2_grid, key=lambda v: (scores[v], v))
-    w, b = _train_softmax(x, y, best, len(LABELS))
-    meta = {"version": 1, "encoder": enc.model_id, "labels": list(LABELS), "l2": best, "folds": folds, "seed": seed,
-            "cv_macro_f1": {str(k): round(v, 4) for k, v in scores.items()}, "n_train": len(y),
-            "train_fingerprint": digest([list(texts), list(labels)])}
-    return EmotionHead(w, b, meta, encoder)
 
 
 class NLIZeroShot:
@@ -271,7 +232,7 @@ class NLIZeroShot:
 
     def config(self) -> dict:
         return {"backend": "nli-zeroshot", "model": self.model_id, "template": self.template,
-                "hypotheses": list(self.hypotheses)}
+                "hypotheses": list(self.hypotheses), "fingerprint": scorer_identity(f"nli:{self.model_id}")}
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
@@ -307,6 +268,8 @@ def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | 
     """
     if spec == MINILM:
         return EmotionHead.load()
+    if spec == "minilm-written":
+        return EmotionHead.load(HEAD_PATH, name="minilm-written")
     if spec == "minilm-zeroshot":
         return ZeroShot(MINILM)
     if spec == "minilm-ensemble":
@@ -320,3 +283,41 @@ def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | 
         return NLIZeroShot(name)
     raise ValueError(f"unknown EPS backend {spec!r}: use 'minilm', 'minilm-zeroshot', 'minilm-ensemble', "
                      "'minilm-proto', 'embed:<encoder>' or 'nli:<model>'")
+
+
+#: Bumped when a backend's code changes what it computes from the same weights.
+_BACKEND_CODE = {"minilm": 2, "minilm-written": 1, "minilm-zeroshot": 1, "minilm-ensemble": 1, "minilm-proto": 1}
+
+
+@functools.lru_cache(maxsize=32)
+def scorer_identity(spec: str = MINILM) -> str:
+    """``<name>@<12 hex digits>``: the scorer's name and a hash of everything that shapes its
+    numbers (its weight or training file, its encoder's files, its code version), without
+    loading a model. Two scorers never share an identity; scores carry it (``scorer`` column,
+    MLflow, the run's identity) so that scores of two scorers are never mixed.
+
+    Example:
+        >>> scorer_identity("minilm").startswith("minilm@")                     # doctest: +SKIP
+        True
+    """
+    from ..fingerprint import digest, file_sha256, folder_sha256
+
+    def encoder_fp(enc: str) -> str:
+        folder = minilm_path() if enc == MINILM else Path(enc)
+        return folder_sha256(folder) if folder.is_dir() else enc
+
+    kind, sep, name = spec.partition(":")
+    if spec not in _BACKEND_CODE and not (sep and name and kind in ("embed", "nli")):
+        raise ValueError(f"unknown EPS backend {spec!r}: use {', '.join(map(repr, _BACKEND_CODE))}, "
+                         "'embed:<encoder>' or 'nli:<model>'")
+    parts: dict[str, object] = {"spec": spec, "code": _BACKEND_CODE.get(spec, 1)}
+    if spec in (MINILM, "minilm-written"):
+        parts |= {"weights": file_sha256(REAL_HEAD_PATH if spec == MINILM else HEAD_PATH), "encoder": encoder_fp(MINILM)}
+    elif spec == "minilm-proto":
+        parts |= {"train": file_sha256(HEAD_PATH.with_name("emotion_text_train.jsonl")), "encoder": encoder_fp(MINILM)}
+    elif spec.startswith("minilm"):
+        parts |= {"encoder": encoder_fp(MINILM), "descriptions": DESCRIPTIONS, "templates": ENSEMBLE_TEMPLATES}
+    else:
+        parts |= {"model": encoder_fp(name) if kind == "embed" else
+                  (folder_sha256(name) if Path(name).is_dir() else name)}
+    return f"{spec}@{digest(parts)[:12]}"

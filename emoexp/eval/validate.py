@@ -2,14 +2,23 @@
 
 Every number emoexp reports rests on the EPS classifier, so each backend is measured on:
 
-- ``train-cv``: emoexp's own training replies (``emoexp/data/emotion_text_train.jsonl``, 720, six
-  labels) with 5-fold cross-validation for the backends fitted on them (the head, the
-  prototypes) — the only numbers used to **choose** a backend;
+- ``real-heldout``: hand-labelled real model text (:mod:`emoexp.eval.real_text`, six labels,
+  read blind to the steering target) of the family no scorer was fitted or chosen on (Qwen2.5);
+- ``real-all``: all the hand-labelled real text (the default ``minilm`` head was fitted on the
+  other families' part of it: only the written-reply heads and zero-shot scorers see it fresh);
+- ``train-cv``: emoexp's written training replies (``emoexp/data/emotion_text_train.jsonl``, 720,
+  six labels) with 5-fold cross-validation for the backends fitted on them alone
+  (``minilm-written``, the prototypes);
 - ``ours-test``: emoexp's held-out replies (``emotion_text_test.jsonl``, 300, six labels), written
   separately and never used for fitting or choosing;
 - ``authors``: the paper authors' per-emotion generations (Qwen2.5-7B-Instruct steered with each
   emotion's EV at α = 2, 400 answers per emotion, label = the steering target), text nobody here
   wrote; five labels, so predictions are the argmax over the five emotions.
+
+With ``--judge URL`` (an OpenAI-compatible server, e.g. a local vLLM), an LLM judge rates the
+real text's five emotions 0-100 (the paper's EAS prompt); its label is the top emotion, or
+neutral when every rating is below 30. Reported: the judge against the hand labels, and each
+backend against the judge (per emotion: how often the scorer agrees where the judge says e).
 
 Reported per backend and set: accuracy, macro-F1, per-label precision / recall / F1, the
 confusion matrix (table and plot) and calibration (expected calibration error over 10 bins of
@@ -44,8 +53,8 @@ LABELS6 = (*EMOTIONS, "neutral")
 class Args:
     """``emoexp validate-scorer``: precision, recall, F1, confusion and calibration of the EPS backends."""
 
-    backends: list[str] = field(default_factory=lambda: ["minilm", "minilm-zeroshot", "minilm-ensemble",
-                                                        "minilm-proto"])
+    backends: list[str] = field(default_factory=lambda: ["minilm", "minilm-written", "minilm-zeroshot",
+                                                        "minilm-ensemble", "minilm-proto"])
     """EPS backends to measure (emoexp.eval.classifiers specs)."""
     official: str | None = "../shared/data/official"
     """The paper authors' release (its results/emotion/<family>/<alpha>/<emotion>.json); null to skip."""
@@ -57,6 +66,14 @@ class Args:
     """At most this many of the authors' answers per emotion (the first ones; null: all 400)."""
     out: str = "outputs/validate-scorer"
     """Folder for validation.md, validation.csv and the plots."""
+    labels: str | None = None
+    """The hand-labelled real text (default: emoexp/data/real_text_labels.jsonl)."""
+    judge: str | None = None
+    """Base URL of an OpenAI-compatible LLM judge (key from $EMOEXP_JUDGE_API_KEY): compare with it."""
+    judge_model: str | None = None
+    """The judge's model name (default $EMOEXP_JUDGE_MODEL)."""
+    judge_limit: int | None = 300
+    """At most this many real texts are judged (a seeded sample; null: all)."""
 
 
 def classification_report(y: Sequence[int], pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
@@ -96,7 +113,7 @@ def calibration(probs: np.ndarray, y: Sequence[int], bins: int = 10) -> dict[str
 
 
 def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> tuple[list[str], list[str]]:
-    from ..recipes.evaluate import strip_special
+    from .normalise import strip_special
 
     folder = root / "results" / "emotion" / family / alpha
     texts, labels = [], []
@@ -111,10 +128,11 @@ def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> 
 
 def _cv_probs(backend: str, texts: list[str], labels: list[str], folds: int = 5) -> np.ndarray | None:
     """Cross-validated probabilities on the training set for the backends fitted on it (else None)."""
-    from .classifiers import LABELS, EmotionHead, Prototypes, _train_softmax
+    from .classifiers import HEAD_PATH, LABELS, EmotionHead, Prototypes
     from .encoders import get_encoder
+    from .training import _train_softmax
 
-    if backend not in ("minilm", "minilm-proto"):
+    if backend not in ("minilm-written", "minilm-proto"):
         return None
     import torch
 
@@ -126,7 +144,7 @@ def _cv_probs(backend: str, texts: list[str], labels: list[str], folds: int = 5)
         idx = np.flatnonzero(y == k)
         fold_of[rng.permutation(idx)] = np.arange(len(idx)) % folds
     out = np.zeros((len(y), len(LABELS)))
-    head = EmotionHead.load() if backend == "minilm" else None
+    head = EmotionHead.load(HEAD_PATH) if backend == "minilm-written" else None
     for f in range(folds):
         tr, te = fold_of != f, fold_of == f
         if head is not None:
@@ -141,12 +159,21 @@ def _cv_probs(backend: str, texts: list[str], labels: list[str], folds: int = 5)
 def validate(args: Args) -> dict[str, Any]:
     """Measure every backend on every labelled set; returns ``{(backend, set): report}``."""
     from .classifiers import get_classifier, load_labelled
+    from .real_text import LABELS_PATH, load_labels
+    from .training import FAMILY_GROUPS
 
     sets: dict[str, tuple[list[str], list[str]]] = {
         "train-cv": load_labelled(DATA / "emotion_text_train.jsonl"),
         "ours-test": load_labelled(DATA / "emotion_text_test.jsonl"),
     }
+    real: list[dict[str, Any]] = []
     if args.official and (Path(args.official) / "results").is_dir():
+        real = load_labels(args.labels or LABELS_PATH, official=args.official)
+        held = set(get_classifier("minilm").meta.get("held_out", ["qwen2.5"]))
+        test = [r for r in real if FAMILY_GROUPS.get(r["family"], r["family"]) in held]
+        sets["real-heldout"] = ([r["text"] for r in test], [r["label"] for r in test])
+        sets["real-all"] = ([r["text"] for r in real], [r["label"] for r in real])
+    if real:
         sets["authors"] = _official(Path(args.official), args.family, args.alpha, args.official_limit)
     elif args.official:
         log(f"validate-scorer: no results/ folder under {args.official}: the authors' set is skipped "
@@ -164,11 +191,55 @@ def validate(args: Args) -> dict[str, Any]:
             y = [labs.index(lab) for lab in labels]
             rep = classification_report(y, p.argmax(1), labs)
             rep.update(calibration=calibration(p, y), n=len(y), fitted_in_cv=name == "train-cv" and
-                       backend in ("minilm", "minilm-proto"))
+                       backend in ("minilm-written", "minilm-proto"))
             results[(backend, name)] = rep
             log(f"validate-scorer: {backend} on {name} ({len(y)}): macro-F1 {rep['macro_f1']:.3f}, "
                 f"accuracy {rep['accuracy']:.3f}, ECE {rep['calibration']['ece']:.3f}")
+    if args.judge:
+        if not real:
+            raise ValueError("--judge needs the hand-labelled real text: point --official at the authors' release")
+        results.update(_against_judge(args, real))
     return results
+
+
+#: The judge's label is neutral when it rates every emotion below this (0-100).
+JUDGE_NEUTRAL_BELOW = 30.0
+
+
+def _against_judge(args: Args, real: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The judge's labels of (a sample of) the real text against the hand labels, and each
+    backend against the judge."""
+    import random
+
+    from .classifiers import get_classifier
+    from .judge import JudgeConfig, get_judge, rate_emotions
+
+    rows = list(real)
+    random.Random(0).shuffle(rows)
+    rows = rows[:args.judge_limit] if args.judge_limit else rows
+    judge = get_judge("judge", JudgeConfig.from_env(base_url=args.judge, model=args.judge_model))
+    ratings = rate_emotions(judge, [r["text"] for r in rows], progress=True)
+    keep = [i for i, r in enumerate(ratings) if r.scores]
+    if not keep:
+        raise ValueError(f"the judge at {args.judge} gave no valid rating ({ratings[0].error if ratings else 'none'})")
+    jl = []
+    for i in keep:
+        sc = ratings[i].scores or {}
+        top = max(EMOTIONS, key=lambda e: sc.get(e, 0.0))
+        jl.append(top if sc.get(top, 0.0) >= JUDGE_NEUTRAL_BELOW else "neutral")
+    y_judge = [LABELS6.index(x) for x in jl]
+    out = {}
+    hand = [LABELS6.index(rows[i]["label"]) for i in keep]
+    rep = classification_report(hand, y_judge, LABELS6)
+    rep.update(calibration={"ece": float("nan"), "bins": []}, n=len(keep), fitted_in_cv=False)
+    out[("judge", "real vs hand labels")] = rep
+    for backend in args.backends:
+        probs = get_classifier(backend).predict([rows[i]["text"] for i in keep]).probs
+        rep = classification_report(y_judge, probs.argmax(1), LABELS6)
+        rep.update(calibration=calibration(probs, y_judge), n=len(keep), fitted_in_cv=False)
+        out[(backend, "real vs judge")] = rep
+        log(f"validate-scorer: {backend} agrees with the judge on {rep['accuracy']:.3f} of {len(keep)} texts")
+    return out
 
 
 def _tables(results: dict[tuple[str, str], dict[str, Any]]) -> tuple[str, Any]:
@@ -234,9 +305,18 @@ def _plots(results: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[Pa
 
 
 def main(args: Args) -> int:
+    """Run ``emoexp validate-scorer``; exit status 2 on bad input (a labels file, a judge)."""
+    import sys
+
+    from .judge import JudgeError
+
     out = Path(args.out)
+    try:
+        results = validate(args)
+    except (ValueError, JudgeError, OSError) as e:
+        print(f"emoexp validate-scorer: error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    results = validate(args)
     md, df = _tables(results)
     (out / "validation.md").write_text("# Emotion scorer validation\n\n" + md)
     df.to_csv(out / "validation.csv", index=False)

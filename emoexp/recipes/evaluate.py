@@ -9,6 +9,10 @@ Inputs (any mix):
   ``emotion/<family>/<alpha>/<emotion>.json``, each a list of answers aligned with
   EmotionQuery+ (``--queries``; default ``<results>/../dataset/EmotionQuery+/EmotionQuery+.json``).
 
+- a finished ``emoexp run`` output folder, or ``--run_id`` of its MLflow parent: re-scored with
+  ``--eps`` (default ``minilm``) without generating again, into ``<folder>/rescored/<scorer>/``
+  and the same MLflow parent (:mod:`emoexp.recipes.rescore`).
+
 Outputs, next to ``--out`` (``.jsonl`` or ``.csv``): the scored rows, then
 ``<stem>.aggregate.csv`` and ``<stem>.aggregate.md`` (means with bootstrap 95% intervals per
 ``--by`` group) and ``<stem>.meta.json`` (backends, models, counts). If the judge becomes
@@ -21,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +33,13 @@ from typing import Any, Literal
 import pandas as pd
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from ..eval.normalise import strip_special
 from ..vocab import EMOTIONS, Metric
 
 __all__ = ["Args", "main", "read_generations", "read_jsonl", "read_official", "strip_special"]
 
-_SPECIAL = re.compile(r"<bos>|<eos>|<pad>|<start_of_turn>(?:model|user)?|<end_of_turn>|<\|[a-z_]{2,30}\|>")
 _COLUMNS = ("id", "index", "query", "query_emotion", "condition", "target", "weights", "alpha", "site", "model",
             "response", "n_tokens")
-
-
-def strip_special(text: Any) -> tuple[Any, int]:
-    """``text`` without chat special tokens (``<bos>``, ``<end_of_turn>``, ``<|im_end|>``…) and their count."""
-    if not isinstance(text, str):
-        return text, 0
-    cleaned, k = _SPECIAL.subn("", text)
-    return cleaned.strip(), k
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -134,7 +129,11 @@ class Args:
     """``emoexp evaluate``: score generation files (ours or the authors' layout)."""
 
     inputs: list[str] = field(default_factory=list, metadata={
-        "positional": "+", "help": "generation .jsonl files and/or the authors' results folder"})
+        "positional": "*", "help": "generation .jsonl files, the authors' results folder, or an emoexp run folder"})
+    run_id: str | None = None
+    """An emoexp MLflow parent run to re-score with --eps (its generations are read from its child runs)."""
+    mlflow: bool = True
+    """Re-scoring a run: log the new scores into the run's MLflow parent."""
     out: str | None = None
     """Scored rows (.jsonl or .csv), aggregates next to it (default: <input>.scores.jsonl beside a file input,
     outputs/evaluate/<folder>.scores.jsonl for a results folder)."""
@@ -226,8 +225,23 @@ def main(args: Args) -> int:
         return 2
 
 
+def _is_run_folder(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "generations.jsonl").exists() or (p / "scores.jsonl.work").is_dir())
+
+
 def _run(args: Args) -> int:
     from ..eval import ScoringInterrupted, resolve_target, score
+
+    if args.run_id or any(_is_run_folder(p) for p in args.inputs):
+        from .rescore import rescore
+
+        if args.run_id and args.inputs or len(args.inputs) > 1:
+            raise ValueError("re-scoring takes one run: an output folder or --run_id, not both or several")
+        rescore(args.inputs[0] if args.inputs else None, args.eps or "minilm", run_id=args.run_id, mlflow=args.mlflow)
+        return 0
+    if not args.inputs:
+        raise ValueError("nothing to score: give generation files, the authors' results folder, a run folder or --run_id")
 
     rows: list[dict[str, Any]] = []
     for path in args.inputs:

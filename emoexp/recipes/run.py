@@ -63,6 +63,14 @@ def main(cfg: RunConfig) -> int:
     return 0
 
 
+def scorer_of(cfg: RunConfig) -> str:
+    """The identity (``name@hash``) of the emotion scorer ``cfg`` scores with."""
+    from ..eval.backends import Backends
+    from ..eval.classifiers import scorer_identity
+
+    return scorer_identity(Backends.resolve({"preset": cfg.evaluate.backend, **cfg.evaluate.backends}).eps)
+
+
 def prepare(cfg: RunConfig) -> RunJob:
     """Model shape and fingerprint, both query sets, every prompt, the identity and the folder."""
     from ..models import inspect_model, load_tokenizer
@@ -72,7 +80,8 @@ def prepare(cfg: RunConfig) -> RunJob:
     tok = load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     ej = extract.prepare(cfg.extract_config(), info=info, tok=tok)
     gj = generate.prepare(cfg.generate_config(), info=info, tok=tok, attach=False)
-    inputs = {"extract_data": ej.data_fingerprint, "eval_data": gj.data_fingerprint, "model": info.fingerprint}
+    inputs = {"extract_data": ej.data_fingerprint, "eval_data": gj.data_fingerprint, "model": info.fingerprint,
+              "scorer": scorer_of(cfg)}
     identity = result_identity(cfg, inputs)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "run" / f"{slug(cfg.model)}-{identity['sha'][:10]}"
     ej.out = (Path(cfg.evs_dir) / f"{slug(cfg.model)}-{ej.identity['sha'][:16]}.safetensors" if cfg.evs_dir
@@ -142,7 +151,8 @@ def _start_study(job: RunJob, uri: str) -> Any:
                 {"name": gcfg.data, "role": "evaluation", "digest": job.generate.data_fingerprint,
                  "num_rows": len(job.generate.queries),
                  "source": str(bundled_path(gcfg.data)) if gcfg.data in BUNDLED else gcfg.data}]
-    study = Study(cfg.experiment, job.identity["sha"], config, prov, datasets=datasets, uri=uri)
+    study = Study(cfg.experiment, job.identity["sha"], config, prov, datasets=datasets, uri=uri,
+                  scorer=job.identity["inputs"]["scorer"])
     run_id = study.start()
     log(f"MLflow: experiment {cfg.experiment!r}, parent run {run_id} (attempt {study.attempt}) at {uri}")
     return study
@@ -222,7 +232,8 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     register_loaded(cfg.model, model, tok)  # perplexity under the studied model: no second copy
     backend = {"preset": ev.backend, "perplexity": cfg.model, **ev.backends}
     cache = ScoreCache(out_dir / "scores.jsonl.work" / "cache.jsonl",
-                       {"backend": backend, "metrics": ev.metrics, "model": job.info.fingerprint})
+                       {"backend": backend, "metrics": ev.metrics, "model": job.info.fingerprint,
+                        "scorer": job.identity["inputs"]["scorer"]})
     keys = [child_key(c, tg, a) for c, tg, a in zip(gens["condition"], gens["target"], gens["alpha"])]
     gens["_key"] = keys
     done = study.finished_children() if study is not None else set()
@@ -235,7 +246,8 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
         rows = pd.concat([g for _, g in chunk], ignore_index=True)
         scores = cache.score(list(rows["response"]), list(rows["query"]), list(rows["_target"]),
                              metrics=ev.metrics, backend=backend)
-        scored = pd.concat([rows.drop(columns=["_target"]), scores], axis=1)
+        scored = pd.concat([rows.drop(columns=["_target"]), scores.assign(scorer=job.identity["inputs"]["scorer"])],
+                           axis=1)
         scored = scored.loc[:, ~scored.columns.duplicated()]
         for key, _ in chunk:
             table = scored[scored["_key"] == key].drop(columns=["_key"]).reset_index(drop=True)

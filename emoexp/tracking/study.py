@@ -192,12 +192,16 @@ class Study:
         datasets: dicts with ``name`` and optionally ``source``, ``digest``, ``role``, ``num_rows``.
         uri: tracking URI (checked with :func:`check_store`).
         watch: start the watchdog that marks the run KILLED if this process dies.
+        scorer: the emotion scorer's identity (``name@hash``): children carry it (tag
+            ``emoexp.scorer``, param ``scorer``, in their key and name), so one parent can hold the
+            same generations scored by several scorers without mixing them.
     """
 
     def __init__(self, experiment: str, identity: str | None, config: dict[str, Any], provenance: dict[str, Any],
                  *, datasets: list[dict[str, Any]] | None = None, uri: str | None = None, watch: bool = True,
-                 sample_texts: int = 5):
+                 sample_texts: int = 5, scorer: str | None = None):
         _require_rank_zero()
+        self.scorer = scorer
         self.uri = check_store(uri)
         self.experiment = experiment
         self.config = config
@@ -261,6 +265,34 @@ class Study:
         if self.watch:
             self._start_watcher()
         return self.run_id
+
+    def attach(self) -> str:
+        """Use this identity's existing parent as it is (no params, status or attempt change),
+        to add children scored by another scorer. Returns its run id.
+
+        Raises:
+            TrackingError: no parent run with this identity in the experiment.
+        """
+        with _no_url_printing():
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise TrackingError(f"MLflow experiment {self.experiment!r} not found at {self.uri}")
+            self.exp_id = str(exp.experiment_id)
+            found = self._parents()
+        if not found:
+            raise TrackingError(f"no parent run with identity {self.hash} in MLflow experiment {self.experiment!r}")
+        self.run_id = min(r.info.run_id for r in found)
+        return self.run_id
+
+    def log_rescored(self, folder: str, files: Sequence[Path], metrics: dict[str, float]) -> None:
+        """Files under ``folder/`` and summary ``metrics`` on the parent (a re-scoring's results)."""
+        assert self.run_id is not None
+        with _no_url_printing():
+            for f in files:
+                self.client.log_artifact(self.run_id, str(f), folder)
+            ts = int(time.time() * 1000)
+            _batched(self.client, self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
+                                                        if _finite(v) is not None])
 
     def _on_parent(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(parent_id, ...)``; if a concurrent process merged our parent into its own (deleted
@@ -344,29 +376,43 @@ class Study:
             f += f" and tags.`emoexp.child_key` = '{key}'"
         return search_all(self.client, [self.exp_id], f)
 
+    def _key(self, key: str) -> str:
+        """A child's key tag: ``condition|target|alpha``, then ``|<scorer>`` when one is set."""
+        return f"{key}|{self.scorer}" if self.scorer else key
+
     def finished_children(self) -> set[str]:
-        """Keys (``condition|target|alpha``) of this parent's FINISHED children."""
+        """Keys (``condition|target|alpha``) of this parent's FINISHED children (of this scorer)."""
         assert self.run_id is not None
-        return {r.data.tags.get("emoexp.child_key") for r in self._children(self.run_id)}
+        keys = {r.data.tags.get("emoexp.child_key") for r in self._children(self.run_id)}
+        if not self.scorer:
+            return keys
+        tail = f"|{self.scorer}"
+        return {k[:-len(tail)] for k in keys if k and k.endswith(tail)}
 
     def log_child(self, row: dict[str, Any], rows: pd.DataFrame | None = None) -> str | None:
         """One child run from an aggregate ``row`` (condition, target, alpha, n, metric means and
         CIs) and its generation ``rows``; skipped (None) when one is already FINISHED."""
         assert self.run_id is not None and self.exp_id is not None
         cond, target, alpha = row.get("condition"), row.get("target"), row.get("alpha")
-        key = child_key(cond, target, alpha)
+        plain = child_key(cond, target, alpha)
+        key = self._key(plain)
         with _no_url_printing():
             if self._children(self.run_id, key):
                 return None
-            _, tgt, a = key.split("|")
+            _, tgt, a = plain.split("|")
             tags = {"mlflow.parentRunId": self.run_id, "emoexp.kind": "child", "emoexp.child_key": key,
                     "condition": str(cond), "target": tgt, "alpha": a, "config_hash": self.hash,
                     "model_id": self.label}
             name = str(cond) + ("" if tgt == "none" else f" {tgt}") + ("" if a == "none" else f" a={a}")
+            if self.scorer:
+                tags["emoexp.scorer"] = self.scorer
+                name += f" · {self.scorer.split('@')[0]}"
             rid = self.client.create_run(self.exp_id, tags=tags, run_name=name).info.run_id
             try:
                 ts = int(time.time() * 1000)
                 params = {"condition": str(cond), "target": tgt, "alpha": a, "n": str(row.get("n", ""))}
+                if self.scorer:
+                    params["scorer"] = self.scorer
                 values = {k: _finite(v) for k, v in row.items() if k not in ("condition", "target")}
                 metrics = [Metric(k, v, ts, 0) for k, v in values.items() if v is not None]  # alpha: params sort as text
                 _batched(self.client, rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])

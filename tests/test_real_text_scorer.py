@@ -1,0 +1,178 @@
+"""The default scorer on real model text: the hand labels (blind, two readers), the grouped
+held-out evaluation, a refit equal to the shipped weights, the scorer's identity in results, the
+labels file's bad input, and the LLM judge comparison against a loopback server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emoexp.eval.classifiers import LABELS, EmotionHead, get_classifier, scorer_identity
+from emoexp.eval.normalise import normalise, style_features
+from emoexp.eval.real_text import LABELS_PATH, LabelsError, kappa, load_labels, load_second, target_agreement
+from emoexp.eval.training import FAMILY_GROUPS, fit_head, recall_report, training_data
+from emoexp.eval.validate import Args, main
+from emoexp.fingerprint import digest
+
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "official"
+needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="the paper authors' data is not beside this checkout")
+HELD_OUT = ("qwen2.5",)
+
+
+def family(r: dict) -> str:
+    return FAMILY_GROUPS.get(r["family"], r["family"])
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    return load_labels()
+
+
+@needs_official
+def test_the_labelled_set_covers_five_families_and_two_readers_agree(labelled):
+    assert len(labelled) >= 800
+    assert len({r["family"] for r in labelled}) >= 5
+    assert {r["label"] for r in labelled} == set(LABELS)
+    second = load_second(ids=[r["id"] for r in labelled])
+    assert len(second) >= 150
+    first = {r["id"]: r["label"] for r in labelled}
+    k = kappa([first[r["id"]] for r in second], [r["label"] for r in second])
+    assert 0.6 < k <= 1.0  # the value is reported in docs/evaluation.md
+    # the steering target is not a label: at alpha 1 most Qwen2.5 texts read as another emotion
+    rows = {(a["family"], a["target"], a["alpha"]): a for a in target_agreement(labelled)}
+    assert rows[("qwen2.5", "anger", 1.0)]["rate"] < 0.5 < rows[("qwen2.5", "anger", 4.0)]["rate"]
+
+
+def test_kappa_by_hand():
+    assert kappa(["a", "a", "b", "b"], ["a", "a", "b", "b"]) == 1.0
+    # observed 0.5, expected 0.5: no better than chance
+    assert kappa(["a", "a", "b", "b"], ["a", "b", "a", "b"]) == pytest.approx(0.0)
+
+
+@needs_official
+def test_the_shipped_head_is_a_refit_of_the_shipped_data_without_the_held_out_family():
+    head = EmotionHead.load()
+    assert head.meta["held_out"] == list(HELD_OUT)
+    data = training_data(held_out=HELD_OUT)
+    assert "qwen2.5" not in set(data.groups) and len(set(data.groups) - {"written"}) >= 3
+    assert head.meta["train_fingerprint"] == digest([data.texts, data.labels])
+    again = fit_head(data.texts, data.labels, normalise=head.meta["normalise"], style=head.meta["style"],
+                     balanced=head.meta["balanced"], l2=head.meta["l2"])
+    assert torch.allclose(again.weight, head.weight, atol=1e-4) and torch.allclose(again.bias, head.bias, atol=1e-4)
+
+
+@needs_official
+def test_held_out_family_meets_what_the_docs_report(labelled):
+    """The numbers in docs/evaluation.md, on Qwen2.5 text no scorer was fitted or chosen on."""
+    test = [r for r in labelled if family(r) in HELD_OUT]
+    assert len(test) >= 300
+    clf = get_classifier("minilm")
+    y = np.array([LABELS.index(r["label"]) for r in test])
+    rep = recall_report(y, clf.predict([r["text"] for r in test]).probs.argmax(1))
+    old = recall_report(y, get_classifier("minilm-written").predict([r["text"] for r in test]).probs.argmax(1))
+    assert rep["macro_recall"] >= 0.78, rep
+    assert rep["per_label"]["anger"]["recall"] > old["per_label"]["anger"]["recall"] + 0.2, (rep, old)
+    assert rep["macro_recall"] > old["macro_recall"] + 0.1
+
+
+def test_normalise_names_emoji_and_cuts_loops():
+    assert normalise("so MAD 😡😡😡😡😡") == "so MAD (enraged face) (enraged face)"
+    assert normalise("**bold** I can't I can't I can't I can't go") == "bold I can't I can't go"
+    f = style_features(["HOW DARE THEY!!! f***ing 🤬", "the bus leaves at nine"])
+    assert f.shape == (2, 5) and (f[0] > 0).all() and (f[1] == 0).all()
+    # the head reads emoji: an angry face alone is anger, a crying face sadness
+    clf = get_classifier("minilm")
+    p = clf.predict(["😡😡😡🤬🤬", "😭😭😭😢"]).probs
+    assert LABELS[p[0].argmax()] == "anger" and LABELS[p[1].argmax()] == "sadness"
+
+
+def test_scorers_have_distinct_identities_and_scores_carry_them():
+    a, b = scorer_identity("minilm"), scorer_identity("minilm-written")
+    assert a.startswith("minilm@") and b.startswith("minilm-written@") and a[-12:] != b[-12:]
+    assert get_classifier("minilm").config()["fingerprint"] == a
+    with pytest.raises(ValueError, match="unknown EPS backend"):
+        scorer_identity("minilm-typo")
+
+
+def test_a_different_scorer_gives_a_different_run_identity():
+    from emoexp.config import RunConfig
+    from emoexp.config_parsing import parse
+    from emoexp.recipes.run import prepare, scorer_of
+
+    cfg = parse(RunConfig, ["--model", "tiny-random-llama", "--limit", "2"])
+    other = parse(RunConfig, ["--model", "tiny-random-llama", "--limit", "2", "--evaluate.backends",
+                              "{eps: minilm-written}"])
+    assert scorer_of(cfg) == scorer_identity("minilm") and scorer_of(other) == scorer_identity("minilm-written")
+    a, b = prepare(cfg), prepare(other)
+    assert a.identity["inputs"]["scorer"] == scorer_of(cfg)
+    assert a.identity["sha"] != b.identity["sha"] and a.out_dir != b.out_dir
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: {**r, "label": "rage"}, "unknown label 'rage'"),
+    (lambda r: {k: v for k, v in r.items() if k != "id"}, "missing field(s) ['id']"),
+    (lambda r: {**r, "sha256": "0" * 16}, "text does not match its source"),
+    (lambda r: {**r, "strength": 5}, "strength must be an integer 0-3"),
+])
+def test_a_bad_labels_file_is_one_line_naming_file_and_row(tmp_path, edit, message):
+    rows = [json.loads(line) for line in LABELS_PATH.read_text(encoding="utf-8").splitlines()]
+    ours = [r for r in rows if "text" in r][:3]  # rows that carry their text (no authors' release needed)
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in [ours[0], edit(ours[1]), ours[2]]))
+    with pytest.raises(LabelsError) as e:
+        load_labels(bad)
+    assert str(e.value).startswith(f"{bad}:2: ") and message in str(e.value) and "\n" not in str(e.value)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("".join(json.dumps(r) + "\n" for r in [ours[0], ours[1], ours[0]]))
+    with pytest.raises(LabelsError, match=f"{dup}:3: duplicate id"):
+        load_labels(dup)
+
+
+@needs_official
+def test_validate_scorer_exits_2_on_a_bad_labels_file(tmp_path, capsys):
+    rows = [json.loads(line) for line in LABELS_PATH.read_text(encoding="utf-8").splitlines()]
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text(json.dumps({**rows[0], "label": "rage"}) + "\n")
+    assert main(Args(backends=["minilm"], official=str(OFFICIAL), labels=str(bad), out=str(tmp_path / "o"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{bad}:1:" in err and "unknown label" in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+@needs_official
+def test_validate_scorer_against_a_local_judge(tmp_path, labelled):
+    """A loopback OpenAI-compatible judge that rates by the hand labels (broken replies for one
+    text in four): the judge agrees with the hand labels where it answered, and each backend's
+    agreement with the judge is its accuracy on those texts."""
+    from test_judge import KEY, Server  # the scripted server of the judge tests
+
+    by_text = {r["text"][:200]: r["label"] for r in labelled}
+    broken: set[str] = set()
+
+    def reply(body):
+        prompt = next(m["content"] for m in body["messages"] if '"""' in m["content"])
+        text = prompt.split('"""\n', 1)[1].rsplit('\n"""', 1)[0]
+        label = by_text.get(text[:200])
+        if label is None or len(text) % 4 == 0:  # about one text in four: prose on every try
+            broken.add(text)
+            return "I think it is angry."  # invalid, retried, then recorded as missing
+        return {e: (90 if e == label else 5) for e in ("anger", "disgust", "fear", "joy", "sadness")}
+
+    import os
+    os.environ["EMOEXP_JUDGE_API_KEY"] = KEY
+    try:
+        with Server([reply]) as srv:
+            args = Args(backends=["minilm"], official=str(OFFICIAL), judge=srv.url, judge_model="judge-model",
+                        judge_limit=20, official_limit=2, out=str(tmp_path))
+            assert main(args) == 0
+    finally:
+        os.environ.pop("EMOEXP_JUDGE_API_KEY")
+    res = json.loads((tmp_path / "validation.json").read_text())
+    hand = res["judge|real vs hand labels"]
+    assert broken and hand["n"] == 20 - len(broken) and hand["accuracy"] == 1.0
+    assert "minilm|real vs judge" in res and res["minilm|real vs judge"]["n"] == hand["n"]
+    assert "real vs judge" in (tmp_path / "validation.md").read_text()
