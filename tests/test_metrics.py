@@ -68,10 +68,11 @@ def test_repetition_short_text_has_no_ngrams():
     assert out["repetition"] == [0.0] and out["distinct_1"] == [1.0] and math.isnan(out["distinct_2"][0])
 
 
-@pytest.mark.parametrize("backend", ["minilm", "minilm-zeroshot", "minilm-ensemble", "minilm-proto"])
+@pytest.mark.parametrize("backend", ["minilm", "minilm-written", "minilm-zeroshot", "minilm-ensemble", "minilm-proto"])
 def test_eps_separates_each_emotion_from_neutral(backend):
     out = load_metric("eps").compute(predictions=[*EMOTION_TEXTS.values(), NEUTRAL_TEXT], backend=backend)
-    assert out["labels"] == LABELS and out["config"]["backend"] == ("minilm-head" if backend == "minilm" else backend)
+    assert out["labels"] == LABELS and out["config"]["backend"] == backend
+    assert out["config"]["fingerprint"].startswith(f"{backend}@")
     assert out["config"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     p = np.array(out["probabilities"])
     assert np.allclose(p.sum(1), 1.0)

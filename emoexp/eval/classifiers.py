@@ -140,9 +140,10 @@ class Prototypes:
 
 
 class EmotionHead:
-    """A softmax layer over sentence embeddings: ``p = softmax(W x + b)``, where ``x`` is the
+    """A softmax layer over sentence embeddings: ``p = softmax((W x + b) / T)``, where ``x`` is the
     embedding of the text (normalised first when ``meta["normalise"]``), followed by its
-    :func:`~emoexp.eval.normalise.style_features` when ``meta["style"]``.
+    :func:`~emoexp.eval.normalise.style_features` when ``meta["style"]``, and ``T`` is
+    ``meta["temperature"]`` (1 when absent).
 
     Args:
         weight: ``[6, D]`` (``D`` = embedding size, + 4 with style features); bias: ``[6]``.
@@ -188,13 +189,13 @@ class EmotionHead:
         return Path(path)
 
     def config(self) -> dict:
-        keep = ("train_fingerprint", "l2", "n_train", "version", "normalise", "style", "held_out")
+        keep = ("train_fingerprint", "l2", "n_train", "version", "normalise", "style", "held_out", "temperature")
         return {"backend": self.name, "model": self.model_id, **{k: self.meta.get(k) for k in keep},
                 "fingerprint": scorer_identity(self.name)}
 
     def predict(self, texts: Sequence[str], *, progress: bool = False) -> EmotionResult:
         x, truncated = self.features(texts, progress=progress)
-        logits = x @ self.weight.T + self.bias
+        logits = (x @ self.weight.T + self.bias) / float(self.meta.get("temperature", 1.0))
         return EmotionResult(self.labels, torch.softmax(logits, -1).numpy().astype(np.float64), truncated,
                              self.config())
 

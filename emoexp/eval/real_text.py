@@ -152,11 +152,12 @@ def kappa(a: Sequence[str], b: Sequence[str]) -> float:
 
 def target_agreement(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """How often the reader's label equals the steering target, per family, target and α
-    (steered rows with an emotion target only): ``{family, target, alpha, n, match, rate,
+    (steered rows with an emotion target only; the authors' per-emotion runs at α = 0 are their
+    unsteered answers, kept as the baseline): ``{family, target, alpha, n, match, rate,
     degenerate}``, sorted."""
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("target") in LABELS and r.get("run") not in ("unsteered", "prompt_baseline"):
+        if r.get("target") in LABELS and r.get("run") in ("steered", "emotion") and r.get("alpha") is not None:
             key = (r["family"] + (" centred" if r.get("centre") else ""), r["target"], float(r["alpha"]))
             cells.setdefault(key, []).append(r)
     out = []

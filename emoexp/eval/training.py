@@ -24,7 +24,8 @@ import torch
 from .classifiers import HEAD_PATH, LABELS, EmotionHead, load_labelled
 from .encoders import MINILM, get_encoder
 
-__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "grouped_cv", "recall_report", "training_data"]
+__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "recall_report",
+           "training_data"]
 
 WRITTEN = HEAD_PATH.with_name("emotion_text_train.jsonl")
 INTENSE = HEAD_PATH.with_name("emotion_text_intense.jsonl")
@@ -110,16 +111,21 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, classes: int) -> float:
 
 
 def recall_report(y: Sequence[int], pred: Sequence[int]) -> dict[str, Any]:
-    """Per-label recall and precision, macro recall over the labels present, accuracy."""
+    """Per-label recall and precision, macro recall and macro-F1 over the labels present, accuracy."""
     y, pred = np.asarray(y), np.asarray(pred)
     per = {}
     for k, lab in enumerate(LABELS):
         n, m = int((y == k).sum()), int((pred == k).sum())
         tp = int(((y == k) & (pred == k)).sum())
-        per[lab] = {"n": n, "recall": tp / n if n else float("nan"), "precision": tp / m if m else float("nan")}
+        per[lab] = {"n": n, "m": m, "recall": tp / n if n else float("nan"), "precision": tp / m if m else float("nan")}
     present = [v["recall"] for v in per.values() if v["n"]]
+    f1 = [2 * v["recall"] * v["precision"] / (v["recall"] + v["precision"]) if v["m"] and v["recall"] + v["precision"]
+          else 0.0 for v in per.values() if v["n"]]
+    for v in per.values():
+        del v["m"]
     return {"n": len(y), "accuracy": float((y == pred).mean()) if len(y) else float("nan"),
-            "macro_recall": float(np.mean(present)) if present else float("nan"), "per_label": per}
+            "macro_recall": float(np.mean(present)) if present else float("nan"),
+            "macro_f1": float(np.mean(f1)) if f1 else float("nan"), "per_label": per}
 
 
 def _features(texts: Sequence[str], normalise: bool, style: bool, encoder: str) -> torch.Tensor:
@@ -180,13 +186,41 @@ def grouped_cv(data: TrainingData, *, normalise: bool, style: bool, balanced: bo
     y = torch.tensor([LABELS.index(lab) for lab in data.labels])
     groups = np.array(data.groups)
     families = sorted(set(data.groups) - {"written"})
-    pred = np.full(len(y), -1)
+    logits = np.zeros((len(y), len(LABELS)), dtype=np.float64)
     for fam in families:
         te = groups == fam
         tr = torch.from_numpy(~te)
         w, b = _train_softmax(x[tr], y[tr], l2, len(LABELS), _class_weight(y[tr], balanced))
-        pred[te] = (x[torch.from_numpy(te)] @ w.T + b).argmax(-1).numpy()
+        logits[te] = (x[torch.from_numpy(te)] @ w.T + b).numpy()
+    pred = logits.argmax(1)
     real = groups != "written"
     by = {fam: recall_report(y.numpy()[groups == fam], pred[groups == fam]) for fam in families}
     return {"pred": {i: int(p) for i, p, r in zip(data.ids, pred, real) if r},
-            "report": recall_report(y.numpy()[real], pred[real]), "by_family": by}
+            "report": recall_report(y.numpy()[real], pred[real]), "by_family": by,
+            "logits": logits[real], "y": y.numpy()[real]}
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature T that minimises the negative log-likelihood of ``y`` under
+    ``softmax(logits / T)`` (T in [0.05, 20], golden-section search on log T); argmax unchanged.
+
+    Example:
+        >>> round(fit_temperature(np.array([[4.0, 0.0], [4.0, 0.0]]), np.array([0, 1])), 1) > 1
+        True
+    """
+    z, yy = torch.from_numpy(np.asarray(logits, dtype=np.float64)), torch.from_numpy(np.asarray(y))
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / np.exp(log_t), yy))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(60):
+        if nll(a) < nll(b):
+            hi, b = b, a
+            a = hi - g * (hi - lo)
+        else:
+            lo, a = a, b
+            b = lo + g * (hi - lo)
+    return float(np.exp((lo + hi) / 2))
