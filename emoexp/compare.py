@@ -51,6 +51,8 @@ class Args:
     """Folder for compare.md, compare.csv and compare_<metric>.png."""
     uri: str | None = None
     """Tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)."""
+    scorer: str | None = None
+    """Compare the scores of this emotion scorer (a name such as minilm-written, or name@hash; default: each run's own)."""
     digits: NonNegativeInt = 3
     """Decimals in the Markdown tables."""
     doses: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
@@ -271,7 +273,7 @@ def main(args: Args) -> int:
         experiments = args.experiment or _experiments(args.uri)
         if not experiments:
             raise TrackingError("no experiment holds emoexp studies yet: run `emoexp run` first")
-        long = load_children(experiments, uri=args.uri)
+        long = load_children(experiments, uri=args.uri, scorer=args.scorer)
         table = build_table(long, args.metrics, args.condition, args.target)
     except (TrackingError, ValueError) as e:
         print(f"emoexp compare: error: {e}", file=sys.stderr)

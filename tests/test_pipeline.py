@@ -156,6 +156,13 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, children = _runs(job["client"])
     assert sum(c.data.tags.get("emoexp.scorer") == scorer_identity("minilm-zeroshot") for c in children) == 31
+    # compare reads one scorer at a time: the run's own by default, another when named
+    from emoexp.tracking import load_children
+
+    uri = job["client"].tracking_uri
+    own, other = load_children(["e2e"], uri=uri), load_children(["e2e"], uri=uri, scorer="minilm-written")
+    assert len(own) == len(other) == 31
+    assert set(own["scorer"]) == {scorer_identity("minilm")} and set(other["scorer"]) == {scorer_identity("minilm-written")}
     # a truncated generations file is refused with one line, and nothing is written
     cut = tmp_path / "cut"
     shutil.copytree(out, cut, ignore=shutil.ignore_patterns("rescored"))

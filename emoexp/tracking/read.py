@@ -31,12 +31,16 @@ def search_all(client: MlflowClient, exp_ids: list[str], filter_string: str) -> 
             return runs
 
 
-def load_children(experiments: Sequence[str], uri: str | None = None) -> pd.DataFrame:
+def load_children(experiments: Sequence[str], uri: str | None = None, scorer: str | None = None) -> pd.DataFrame:
     """Every FINISHED child run of the given experiments as one row, read through search_runs.
 
     Columns: ``experiment, parent_run_id, parent_name, model, config_hash, run_id, start_time,
-    condition, target (None for 'none'), alpha (NaN for 'none')`` and one column per metric.
-    Duplicates of a (parent, condition, target, alpha) keep the latest run.
+    condition, target (None for 'none'), alpha (NaN for 'none'), scorer`` and one column per
+    metric. Duplicates of a (parent, condition, target, alpha, scorer) keep the latest run.
+
+    Scores of two scorers are never mixed: with ``scorer`` (a name such as ``minilm-written`` or
+    a full ``name@hash``) only that scorer's children are kept; without it, each parent keeps
+    the scorer of its first child (the run's own; ``emoexp evaluate <run> --eps X`` adds others).
 
     Raises:
         TrackingError: unreachable/corrupt/missing store or an unknown experiment (lists those present).
@@ -69,10 +73,16 @@ def load_children(experiments: Sequence[str], uri: str | None = None) -> pd.Data
                      "config_hash": p.data.tags.get("config_hash", ""), "run_id": r.info.run_id,
                      "start_time": r.info.start_time, "condition": t.get("condition"),
                      "target": None if t.get("target", "none") == "none" else t["target"],
-                     "alpha": float("nan") if alpha == "none" else float(alpha)})
+                     "alpha": float("nan") if alpha == "none" else float(alpha),
+                     "scorer": t.get("emoexp.scorer", "")})
     df = pd.DataFrame(rows)
     if len(df):
+        if scorer:
+            df = df[(df["scorer"] == scorer) | (df["scorer"].str.split("@").str[0] == scorer)]
+        else:
+            first = df.sort_values("start_time").groupby("parent_run_id")["scorer"].first()
+            df = df[df["scorer"] == df["parent_run_id"].map(first)]
         df = (df.sort_values("start_time")
-                .drop_duplicates(["parent_run_id", "condition", "target", "alpha"], keep="last")
+                .drop_duplicates(["parent_run_id", "condition", "target", "alpha", "scorer"], keep="last")
                 .reset_index(drop=True))
     return df
