@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from emoexp.eval.classifiers import LABELS, REAL_HEAD_PATH
-from emoexp.eval.real_text import load_labels
+from emoexp.eval.real_text import LabelsError, load_labels
 from emoexp.eval.training import (
     FAMILY_GROUPS,
     TrainingData,
@@ -73,7 +74,11 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = training_data(held_out=HELD_OUT)
+    try:
+        data = training_data(held_out=HELD_OUT)
+    except LabelsError as e:  # one line naming the file and row, exit status 2
+        print(f"fit_emotion_head: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     feats = {}
     for norm, style in {(r[1], r[2]) for r in RECIPES.values()}:
         feats[(norm, style)] = _features(data.texts, norm, style, "minilm")
