@@ -1,8 +1,8 @@
 """Check the paper's trends on the authors' released generations with emoexp's offline backends.
 
 Scores every answer in ``<data>/results`` (4 families × 5 α of the base EV; Qwen2.5 × 5
-emotions × 4 α) with the offline EPS (the trained MiniLM head; ``--eps minilm-zeroshot``
-for the scorer before 2026-12-02), topic (MiniLM cosine) and repetition metrics, and
+emotions × 4 α) with the offline EPS (the default head, trained on real model text;
+``--eps minilm-written`` for the scorer of 2026-12-02 to 12-06, ``minilm-zeroshot`` before), topic (MiniLM cosine) and repetition metrics, and
 perplexity (SmolLM2-135M-Instruct) on every ``--ppl-every``-th query of the base files.
 Aggregates per (family, target, α) with bootstrap 95% CIs, checks
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-every", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=1, help="score every N-th query only (smoke runs)")
-    p.add_argument("--eps", default="minilm", help="EPS classifier (minilm-zeroshot: the scorer before 2026-12-02)")
+    p.add_argument("--eps", default="minilm", help="EPS classifier (minilm-written: 2026-12-02 to 12-06; minilm-zeroshot: before)")
     p.add_argument("--reuse", action="store_true", help="reuse <out>/scores.csv instead of scoring again")
     args = p.parse_args(argv)
     out = Path(args.out)
