@@ -63,7 +63,8 @@ def _metrics_of(long: pd.DataFrame) -> list[str]:
     names = set(long.columns)
     cols = [c for c in long.columns if c not in _NOT_METRICS and not re.search(r"_ci_(low|high)$", c)
             and not (c.endswith("_n") and c[:-2] in names)]
-    fixed = {"experiment", "parent_run_id", "parent_name", "model", "config_hash", "run_id", "condition", "target"}
+    fixed = {"experiment", "parent_run_id", "parent_name", "model", "config_hash", "run_id", "condition", "target",
+             "scorer"}
     return sorted(c for c in cols if c not in fixed)
 
 

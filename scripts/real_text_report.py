@@ -138,7 +138,7 @@ def main() -> None:
         f"({sum(pool.values())} labelled texts: " + ", ".join(f"{k} {v}" for k, v in sorted(pool.items())) +
         "); macro-F1 (the criterion) and recall pooled over their out-of-family predictions:", "", candidates(sel), "",
         (f"Chosen: **{sel['chosen']['recipe']}**, L2 {sel['chosen']['l2']:g}. "
-        f"**Reported once on the held-out family** ({', '.join(held)}, {len(held) and sel['held_out_report']['n']} "
+        f"**Reported on the held-out family** ({', '.join(held)}, {len(held) and sel['held_out_report']['n']} "
         "texts no scorer was fitted or chosen on), R = recall, P = precision:"), "", scorers(rows, held, a.backends.split(",")),
         "", ("The chosen recipe on each other family, predicted by a head fitted without that family (the "
         "cross-validation's own predictions):"), "", out_of_family(rows, sel),
