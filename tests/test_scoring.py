@@ -27,9 +27,11 @@ def test_score_columns_rows_and_provenance():
     assert df.loc[0, "p_joy"] > 0.5 and df.loc[0, "tec"] == df.loc[0, "p_joy"] and df.loc[0, "tec_top"] == 1.0
     assert math.isnan(df.loc[1, "tec"])  # no target
     assert df.loc[0, "intensity"] > df.loc[1, "intensity"]
-    assert (df["eps_backend"] == "minilm-head:sentence-transformers/all-MiniLM-L6-v2").all()
+    assert (df["eps_backend"] == "minilm:sentence-transformers/all-MiniLM-L6-v2").all()
     assert (df["perplexity_backend"] == "causal-lm:tiny-random-llama").all()
-    assert df.attrs["backends"]["eps"]["l2"] > 0 and df.attrs["backends"]["eps"]["n_train"] == 720
+    eps = df.attrs["backends"]["eps"]
+    assert eps["l2"] > 0 and eps["held_out"] == ["qwen2.5"] and eps["fingerprint"].startswith("minilm@")
+    assert eps["n_train"] > 720  # the written replies and the labelled real text
     old = emoexp.score(responses, metrics=["eps"], backend={"eps": "minilm-zeroshot"})  # the old scorer, selectable
     assert old.attrs["backends"]["eps"]["templates"] == ["This text expresses {}."]
     assert df["issues"].tolist() == ["", ""] and df["truncated"].tolist() == ["", ""]
