@@ -3,8 +3,8 @@
 Backends (the ``eps`` spec of :class:`emoexp.eval.backends.Backends`):
 
 - ``minilm`` (offline default): a softmax layer over all-MiniLM-L6-v2 embeddings of the
-  normalised text (emoji named, loops shortened: :mod:`emoexp.eval.normalise`) and four style
-  features (capitals, exclamations, emoji, repeats), in ``emoexp/data/emotion_head_real.safetensors``,
+  normalised text (emoji named, loops shortened: :mod:`emoexp.eval.normalise`; style features
+  were measured and not chosen), in ``emoexp/data/emotion_head_real.safetensors``,
   trained on emoexp's written replies and on hand-labelled real model text
   (:mod:`emoexp.eval.real_text`) by :mod:`emoexp.eval.training`, chosen by cross-validation
   grouped by model family, never fitted on Qwen2.5 text (held out: docs/evaluation.md).
@@ -146,7 +146,7 @@ class EmotionHead:
     ``meta["temperature"]`` (1 when absent).
 
     Args:
-        weight: ``[6, D]`` (``D`` = embedding size, + 4 with style features); bias: ``[6]``.
+        weight: ``[6, D]`` (``D`` = embedding size, + 5 with style features); bias: ``[6]``.
         meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores, features).
         name: the backend name it is selected by.
     """
@@ -314,6 +314,13 @@ def scorer_identity(spec: str = MINILM) -> str:
     parts: dict[str, object] = {"spec": spec, "code": _BACKEND_CODE.get(spec, 1)}
     if spec in (MINILM, "minilm-written"):
         parts |= {"weights": file_sha256(REAL_HEAD_PATH if spec == MINILM else HEAD_PATH), "encoder": encoder_fp(MINILM)}
+        if spec == MINILM:  # it names emoji with the emoji package: its version shapes the text it reads
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                parts["emoji"] = version("emoji")
+            except PackageNotFoundError:
+                parts["emoji"] = None
     elif spec == "minilm-proto":
         parts |= {"train": file_sha256(HEAD_PATH.with_name("emotion_text_train.jsonl")), "encoder": encoder_fp(MINILM)}
     elif spec.startswith("minilm"):
