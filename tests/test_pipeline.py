@@ -156,6 +156,14 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, children = _runs(job["client"])
     assert sum(c.data.tags.get("emoexp.scorer") == scorer_identity("minilm-zeroshot") for c in children) == 31
+    n_of = {(c.data.tags["emoexp.child_key"].rsplit("|", 1)[0], c.data.tags.get("emoexp.scorer")): c.data.params["n"]
+            for c in children}
+    for (key, sc), n in n_of.items():  # read from the run's own children only: not doubled by the earlier re-scoring
+        if sc == scorer_identity("minilm-zeroshot"):
+            assert n == n_of[(key, scorer_identity("minilm"))], key
+    via = pd.read_json(root / "outputs" / "rescored" / parents[0].info.run_id / "minilm-zeroshot" / "scores.jsonl",
+                       lines=True)
+    assert len(via) == len(old) and set(via["eps_backend"]) == {"minilm-zeroshot:sentence-transformers/all-MiniLM-L6-v2"}
     # compare reads one scorer at a time: the run's own by default, another when named
     from emoexp.tracking import load_children
 

@@ -51,7 +51,7 @@ def read_run_folder(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any], s
     if not WorkDir(gen).is_complete():
         raise ValueError(f"{gen}: not the complete file the run recorded (truncated, changed, or generation did "
                          "not finish): rerun `emoexp run` with the same config to finish it")
-    ident = WorkDir(folder / "scores.jsonl").identity() or WorkDir(gen).identity() or {}
+    ident = WorkDir(folder / "scores.jsonl").identity() or {}  # the run's identity: its MLflow parent's key
     cfg_file = folder / "config.yaml"
     cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
     return pd.read_json(gen, lines=True), cfg or {}, str(ident.get("sha", ""))
@@ -77,18 +77,23 @@ def aggregate_with_gains(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _score(gens: pd.DataFrame, old: pd.DataFrame | None, eps: str, scorer: str) -> pd.DataFrame:
+    """The generation rows with fresh EPS/TEC columns (any earlier score columns dropped), the
+    scorer-independent columns of ``old`` (the run's scores, same rows in the same order), and
+    ``scorer``."""
     from ..eval import score
     from .run import _targets
 
-    targets = _targets(gens)
-    fresh = score(list(gens["response"]), None, targets, metrics=["eps", "tec"], backend={"eps": eps, "progress": True})
-    table = pd.concat([gens.reset_index(drop=True), fresh], axis=1)
-    if old is not None and len(old) == len(gens) and list(old["response"]) == list(gens["response"]):
-        for c in _KEEP:
-            if c in old:
-                table[c] = old[c].to_numpy()
-    table["scorer"] = scorer
-    return table.loc[:, ~table.columns.duplicated()]
+    fresh = score(list(gens["response"]), None, _targets(gens), metrics=["eps", "tec"],
+                  backend={"eps": eps, "progress": True})
+    kept = [c for c in _KEEP if old is not None and c in old]
+    if kept and not (len(old) == len(gens) and list(old["response"]) == list(gens["response"])):
+        kept = []
+    base = gens.reset_index(drop=True)
+    base = base.drop(columns=[c for c in base.columns if c in fresh.columns or c in _KEEP or c == "scorer"])
+    table = pd.concat([base, fresh], axis=1)
+    for c in kept:
+        table[c] = old[c].to_numpy()
+    return table.assign(scorer=scorer)
 
 
 def _from_mlflow(run_id: str) -> tuple[pd.DataFrame, dict[str, Any], str, str]:
@@ -105,22 +110,20 @@ def _from_mlflow(run_id: str) -> tuple[pd.DataFrame, dict[str, Any], str, str]:
     exp = client.get_experiment(parent.info.experiment_id)
     kids = search_all(client, [parent.info.experiment_id],
                       f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'")
-    first = min((r for r in kids if "emoexp.scorer" not in r.data.tags), key=lambda r: r.info.start_time,
-                default=None)
-    scorer0 = first.data.tags.get("emoexp.scorer") if first is not None else None
+    if not kids:
+        raise ValueError(f"MLflow run {run_id} has no finished children with generations to re-score")
+    # the run's own children (its first scorer), not those added by earlier re-scorings
+    own = min(kids, key=lambda r: r.info.start_time).data.tags.get("emoexp.scorer", "")
     frames = []
     for r in kids:
-        if r.data.tags.get("emoexp.scorer") != scorer0 and scorer0 is not None:
+        if r.data.tags.get("emoexp.scorer", "") != own:
             continue
         path = client.download_artifacts(r.info.run_id, "generations.json")
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         frames.append(pd.DataFrame(data["data"], columns=data["columns"]))
-    if not frames:
-        raise ValueError(f"MLflow run {run_id} has no finished children with generations to re-score")
     gens = pd.concat(frames, ignore_index=True)
-    score_cols = [c for c in gens.columns if c.startswith(("p_", "eas_")) or c in ("intensity", "tec", "tec_top")]
     config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text(encoding="utf-8"))
-    return gens.drop(columns=score_cols), config, parent.data.tags.get("config_hash", ""), exp.name
+    return gens, config, parent.data.tags.get("config_hash", ""), exp.name
 
 
 def rescore(folder: str | Path | None, eps: str, *, run_id: str | None = None, mlflow: bool = True) -> Path:
@@ -132,7 +135,7 @@ def rescore(folder: str | Path | None, eps: str, *, run_id: str | None = None, m
     scorer = scorer_identity(eps)  # an unknown scorer fails here, before anything is read or written
     if run_id is not None:
         gens, cfg, sha, experiment = _from_mlflow(run_id)
-        old = gens if all(c in gens for c in _KEEP[:1]) else None
+        old = gens  # the children's tables carry the run's own topic, perplexity and repetition
         out = Path("outputs") / "rescored" / run_id / eps.replace(":", "_").replace("/", "_")
     else:
         gens, cfg, sha = read_run_folder(folder)
@@ -149,8 +152,11 @@ def rescore(folder: str | Path | None, eps: str, *, run_id: str | None = None, m
     (out / "results.md").write_text(f"Scorer: {scorer}\n\n{summary}\n", encoding="utf-8")
     print("\n" + summary + "\n", flush=True)
     log(f"re-scored {len(table)} responses with {scorer}: {out}/scores.jsonl, aggregate.csv, results.md")
-    if mlflow and cfg.get("mlflow", True) and sha:
-        _log(experiment, sha, cfg, scorer, table, agg, summary, out)
+    if mlflow and cfg.get("mlflow", True):
+        if sha:
+            _log(experiment, sha, cfg, scorer, table, agg, summary, out)
+        else:
+            log(f"{folder}: no run identity recorded (scores.jsonl.work/identity.json): not logged to MLflow")
     return out
 
 
