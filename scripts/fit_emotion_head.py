@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emoexp.eval.classification import calibration, classification_report
 from emoexp.eval.classifiers import LABELS, REAL_HEAD_PATH
 from emoexp.eval.real_text import LabelsError, load_labels
 from emoexp.eval.training import (
@@ -32,10 +33,8 @@ from emoexp.eval.training import (
     fit_head,
     fit_temperature,
     grouped_cv,
-    recall_report,
     training_data,
 )
-from emoexp.eval.validate import calibration
 
 HELD_OUT = ("qwen2.5",)
 L2 = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
@@ -63,8 +62,8 @@ def _written_only(data: TrainingData, x: torch.Tensor, l2: float, balanced: bool
     pred = (x @ w.T + b).argmax(-1).numpy()
     real = g != "written"
     fams = sorted(set(data.groups) - {"written"})
-    return {"report": recall_report(y.numpy()[real], pred[real]),
-            "by_family": {f: recall_report(y.numpy()[g == f], pred[g == f]) for f in fams}}
+    return {"report": classification_report(y.numpy()[real], pred[real], LABELS),
+            "by_family": {f: classification_report(y.numpy()[g == f], pred[g == f], LABELS) for f in fams}}
 
 
 def main() -> None:
@@ -118,7 +117,7 @@ def main() -> None:
     test = [r for r in load_labels() if FAMILY_GROUPS.get(r["family"], r["family"]) in HELD_OUT]
     probs = head.predict([r["text"] for r in test]).probs
     y = np.array([LABELS.index(r["label"]) for r in test])
-    rep = recall_report(y, probs.argmax(1))
+    rep = classification_report(y, probs.argmax(1), LABELS)
     rep["ece"] = calibration(probs, y)["ece"]
     result = {"held_out": list(HELD_OUT), "chosen": best, "candidates": rows, "held_out_report": rep,
               "head": {k: v for k, v in head.meta.items() if k != "cv_macro_f1"}}

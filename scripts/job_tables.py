@@ -1,7 +1,8 @@
 """Markdown tables of a finished `emoexp run` (its own scores, or a re-scoring under
-``rescored/<scorer>/``): the target emotion's probability per target under unsteered, the prompt
-baseline and each α; the best gain per target within topic >= 0.8x and repetition <= 1.5x
-unsteered; topic consistency relative to unsteered per α. For README.md and docs/families.md.
+``rescored/<scorer>/``): the run's results table (the target emotion's probability under
+unsteered, the prompt baseline and each α; topic, repetition, perplexity per α), then the best
+gain per target within topic >= 0.8x and repetition <= 1.5x unsteered, with its 95% CI. For
+README.md and docs/families.md.
 
 Run: .venv/bin/python scripts/job_tables.py outputs/run/<folder> --scorer minilm
 """
@@ -13,32 +14,23 @@ from pathlib import Path
 
 import pandas as pd
 
+from emoexp.recipes.run import results_table
 from emoexp.recipes.sweep import best_per_target
 
-ORDER = ("joy", "sadness", "disgust", "anger", "fear")
 
-
-def tables(folder: Path, scorer: str | None) -> str:
-    agg = pd.read_csv(folder / "rescored" / scorer / "aggregate.csv" if scorer else folder / "aggregate.csv")
-    unst = agg[agg["condition"] == "unsteered"].iloc[0]
+def best_table(agg: pd.DataFrame) -> str:
+    """Per target: the best α within the limits with its gain's 95% bootstrap CI, the topic and
+    repetition ratios there, and the prompt baseline's gain."""
     steered = agg[agg["condition"] == "steered"]
-    alphas = sorted(steered["alpha"].dropna().unique())
-    rows, best_rows = [], []
-    best = {b["target"]: b for b in best_per_target(agg)}
-    for t in ORDER:
-        col = f"p_{t}"
-        pr = agg[(agg["condition"] == "prompt") & (agg["target"] == t)]
-        rows.append({"target": t, "unsteered": unst[col], "prompt baseline": pr[col].iloc[0] if len(pr) else None,
-                     **{f"α = {a:g}": steered[(steered["target"] == t) & (steered["alpha"] == a)][col].iloc[0]
-                        for a in alphas}})
-        b = best[t]
-        best_rows.append({"target": t, "best in limits": f"{b['gain']:+.2f} (α = {b['alpha']:g})" if b["within_limits"]
-                          and b["gain"] > 0 else "none", "topic": f"{b['topic_ratio']:.2f}×",
-                          "repetition": f"{b['rep_ratio']:.2f}×", "prompt": f"{b['prompt_gain']:+.2f}"})
-    topic = {f"α = {a:g}": steered[steered["alpha"] == a]["topic"].mean() / unst["topic"] for a in alphas}
-    return "\n\n".join([pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"),
-                        pd.DataFrame(best_rows).to_markdown(index=False),
-                        "topic / unsteered (mean over targets): " + ", ".join(f"{k} {v:.2f}×" for k, v in topic.items())])
+    rows = []
+    for b in best_per_target(agg):
+        r = steered[(steered["target"] == b["target"]) & (steered["alpha"] == b["alpha"])].iloc[0]
+        ok = b["within_limits"] and b["gain"] > 0
+        rows.append({"target": b["target"], "best in limits": f"{b['gain']:+.2f} [{r['gain_ci_low']:.2f}, "
+                     f"{r['gain_ci_high']:.2f}] (α = {b['alpha']:g})" if ok else "none",
+                     "topic": f"{b['topic_ratio']:.2f}×", "repetition": f"{b['rep_ratio']:.2f}×",
+                     "prompt": f"{b['prompt_gain']:+.2f}"})
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def main() -> None:
@@ -46,7 +38,9 @@ def main() -> None:
     p.add_argument("folder")
     p.add_argument("--scorer", default=None, help="a re-scoring under rescored/<scorer>/ (default: the run's own)")
     a = p.parse_args()
-    print(tables(Path(a.folder), a.scorer))
+    folder = Path(a.folder)
+    agg = pd.read_csv(folder / "rescored" / a.scorer / "aggregate.csv" if a.scorer else folder / "aggregate.csv")
+    print(results_table(agg) + "\n\n" + best_table(agg))
 
 
 if __name__ == "__main__":

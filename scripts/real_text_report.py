@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emoexp.eval.classification import calibration, classification_report
 from emoexp.eval.classifiers import LABELS, get_classifier
 from emoexp.eval.real_text import kappa, load_labels, load_second, target_agreement
-from emoexp.eval.training import FAMILY_GROUPS, recall_report
-from emoexp.eval.validate import calibration
+from emoexp.eval.training import FAMILY_GROUPS
 
 BEGIN, END = "<!-- real-text:begin -->", "<!-- real-text:end -->"
 
@@ -79,7 +79,7 @@ def scorers(rows: list[dict], held: tuple[str, ...], backends: list[str]) -> str
     out = []
     for b in backends:
         probs = get_classifier(b).predict([r["text"] for r in test]).probs
-        rep = recall_report(y, probs.argmax(1))
+        rep = classification_report(y, probs.argmax(1), LABELS)
         out.append({"scorer": b, "n": rep["n"], "macro-F1": rep["macro_f1"], "macro recall": rep["macro_recall"],
                     **{f"{lab} R": rep["per_label"][lab]["recall"] for lab in LABELS},
                     "neutral P": rep["per_label"]["neutral"]["precision"], "ECE": calibration(probs, y)["ece"],
@@ -104,7 +104,8 @@ def out_of_family(rows: list[dict], sel: dict) -> str:
                and r["label"] == "neutral" and i in cv["pred"]]
         out.append({"family (texts never seen in training)": fam, "n": rep["n"], "macro-F1": rep["macro_f1"],
                     "macro recall": rep["macro_recall"],
-                    **{f"{lab} R": rep["per_label"][lab]["recall"] for lab in LABELS},
+                    **{f"{lab} R": rep["per_label"][lab]["recall"] if rep["per_label"][lab]["support"] else None
+                       for lab in LABELS},
                     "degenerate→neutral": f"{np.mean([cv['pred'][i] == LABELS.index('neutral') for i in deg]):.2f} "
                                           f"of {len(deg)}" if deg else "—"})
     return pd.DataFrame(out).to_markdown(index=False, floatfmt=".2f", missingval="—")

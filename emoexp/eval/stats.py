@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFAULT_METRICS", "TABLE_METRICS", "aggregate", "bootstrap_ci", "gain", "to_markdown"]
+__all__ = ["DEFAULT_METRICS", "GAIN_COLUMNS", "TABLE_METRICS", "aggregate", "bootstrap_ci", "gain", "to_markdown"]
+
+#: The columns :func:`gain` adds to an aggregate row (paired gain, its CI, topic and repetition ratios).
+GAIN_COLUMNS = ("gain", "gain_ci_low", "gain_ci_high", "topic_ratio", "repetition_ratio")
 
 #: Score columns aggregated by default (those present in the frame).
 DEFAULT_METRICS = ("intensity", "tec", "tec_top", "topic", "perplexity", "repetition", "distinct_2", "dose",

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classification import classification_report
 from .classifiers import HEAD_PATH, LABELS, EmotionHead, load_labelled
 from .encoders import MINILM, get_encoder
 
-__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "recall_report",
-           "training_data"]
+__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "training_data"]
 
 WRITTEN = HEAD_PATH.with_name("emotion_text_train.jsonl")
 INTENSE = HEAD_PATH.with_name("emotion_text_intense.jsonl")
@@ -110,24 +110,6 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, classes: int) -> float:
     return float(np.mean(f1))
 
 
-def recall_report(y: Sequence[int], pred: Sequence[int]) -> dict[str, Any]:
-    """Per-label recall and precision, macro recall and macro-F1 over the labels present, accuracy."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    per = {}
-    for k, lab in enumerate(LABELS):
-        n, m = int((y == k).sum()), int((pred == k).sum())
-        tp = int(((y == k) & (pred == k)).sum())
-        per[lab] = {"n": n, "m": m, "recall": tp / n if n else float("nan"), "precision": tp / m if m else float("nan")}
-    present = [v["recall"] for v in per.values() if v["n"]]
-    f1 = [2 * v["recall"] * v["precision"] / (v["recall"] + v["precision"]) if v["m"] and v["recall"] + v["precision"]
-          else 0.0 for v in per.values() if v["n"]]
-    for v in per.values():
-        del v["m"]
-    return {"n": len(y), "accuracy": float((y == pred).mean()) if len(y) else float("nan"),
-            "macro_recall": float(np.mean(present)) if present else float("nan"),
-            "macro_f1": float(np.mean(f1)) if f1 else float("nan"), "per_label": per}
-
-
 def _features(texts: Sequence[str], normalise: bool, style: bool, encoder: str) -> torch.Tensor:
     head = EmotionHead(torch.zeros(len(LABELS), 1), torch.zeros(len(LABELS)),
                        {"normalise": normalise, "style": style}, encoder)
@@ -194,9 +176,9 @@ def grouped_cv(data: TrainingData, *, normalise: bool, style: bool, balanced: bo
         logits[te] = (x[torch.from_numpy(te)] @ w.T + b).numpy()
     pred = logits.argmax(1)
     real = groups != "written"
-    by = {fam: recall_report(y.numpy()[groups == fam], pred[groups == fam]) for fam in families}
+    by = {fam: classification_report(y.numpy()[groups == fam], pred[groups == fam], LABELS) for fam in families}
     return {"pred": {i: int(p) for i, p, r in zip(data.ids, pred, real) if r},
-            "report": recall_report(y.numpy()[real], pred[real]), "by_family": by,
+            "report": classification_report(y.numpy()[real], pred[real], LABELS), "by_family": by,
             "logits": logits[real], "y": y.numpy()[real]}
 
 

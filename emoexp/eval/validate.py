@@ -30,10 +30,8 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ import numpy as np
 
 from ..redact import log
 from ..vocab import EMOTIONS
+from .classification import calibration, classification_report
 
 __all__ = ["Args", "calibration", "classification_report", "main", "validate"]
 
@@ -74,42 +73,6 @@ class Args:
     """The judge's model name (default $EMOEXP_JUDGE_MODEL)."""
     judge_limit: int | None = 300
     """At most this many real texts are judged (a seeded sample; null: all)."""
-
-
-def classification_report(y: Sequence[int], pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-label precision/recall/F1/support and the confusion matrix (rows: truth).
-
-    Example:
-        >>> classification_report([0, 1, 1], [0, 1, 0], ["a", "b"])["macro_f1"]
-        0.6666666666666666
-    """
-    y, pred = np.asarray(y), np.asarray(pred)
-    k = len(labels)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (y, pred), 1)
-    per = {}
-    for i, lab in enumerate(labels):
-        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        per[lab] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": int(cm[i].sum())}
-    present = [lab for lab in labels if per[lab]["support"]]
-    return {"accuracy": float((y == pred).mean()), "macro_f1": float(np.mean([per[lab]["f1"] for lab in present])),
-            "per_label": per, "confusion": cm.tolist(), "labels": list(labels)}
-
-
-def calibration(probs: np.ndarray, y: Sequence[int], bins: int = 10) -> dict[str, Any]:
-    """Expected calibration error of the top probability, and the per-bin confidence / accuracy."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    hit = pred == np.asarray(y)
-    edges = np.linspace(0, 1, bins + 1)
-    rows, ece = [], 0.0
-    for lo, hi in itertools.pairwise(edges):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            rows.append((float(conf[m].mean()), float(hit[m].mean()), int(m.sum())))
-            ece += m.mean() * abs(conf[m].mean() - hit[m].mean())
-    return {"ece": float(ece), "bins": rows}
 
 
 def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> tuple[list[str], list[str]]:

@@ -60,7 +60,7 @@ def read_run_folder(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any], s
 def aggregate_with_gains(table: pd.DataFrame) -> pd.DataFrame:
     """Means and CIs per (condition, target, α), with each child's paired gain against the
     unsteered rows, and topic/repetition ratios (as ``emoexp run`` writes ``aggregate.csv``)."""
-    from ..eval.stats import aggregate, gain
+    from ..eval.stats import GAIN_COLUMNS, aggregate, gain
     from ..tracking.meta import child_key
 
     by = ["condition", "target", "alpha"]
@@ -72,8 +72,7 @@ def aggregate_with_gains(table: pd.DataFrame) -> pd.DataFrame:
     for c, t, a in zip(agg["condition"], agg["target"], agg["alpha"]):
         rows = groups.get(child_key(c, t, a))
         extra.append(gain(rows, base) if rows is not None and len(base) and c != "unsteered" else {})
-    cols = ["gain", "gain_ci_low", "gain_ci_high", "topic_ratio", "repetition_ratio"]
-    return pd.concat([agg, pd.DataFrame(extra, index=agg.index).reindex(columns=cols)], axis=1)
+    return pd.concat([agg, pd.DataFrame(extra, index=agg.index).reindex(columns=list(GAIN_COLUMNS))], axis=1)
 
 
 def _score(gens: pd.DataFrame, old: pd.DataFrame | None, eps: str, scorer: str) -> pd.DataFrame:

@@ -219,7 +219,7 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
 
     from ..eval.cache import ScoreCache
     from ..eval.perplexity import register_loaded
-    from ..eval.stats import aggregate, gain
+    from ..eval.stats import GAIN_COLUMNS, aggregate, gain
     from ..plots import save_all_plots
     from ..tracking.meta import child_key
     from ..workdir import WorkDir
@@ -267,8 +267,7 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     agg = aggregate(table, by=["condition", "target", "alpha"])
     keys = [child_key(c, tg, a) for c, tg, a in zip(agg["condition"], agg["target"], agg["alpha"])]
     extra = pd.DataFrame([gains.get(k, {}) for k in keys], index=agg.index)
-    agg = pd.concat([agg, extra.reindex(columns=["gain", "gain_ci_low", "gain_ci_high", "topic_ratio",
-                                                 "repetition_ratio"])], axis=1)
+    agg = pd.concat([agg, extra.reindex(columns=list(GAIN_COLUMNS))], axis=1)
     agg.to_csv(out_dir / "aggregate.csv", index=False)
     timings["evaluate_s"] = time.time() - t
     plots = save_all_plots(None if study is not None else job.extract.out, agg, out_dir / "plots")
