@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_FILES", "NOT_RESULT_SHAPING", "digest", "file_sha256", "folder_sha256", "result_identity"]
+__all__ = ["MODEL_FILES", "NOT_RESULT_SHAPING", "cache_dir", "digest", "file_sha256", "folder_sha256", "result_identity"]
 
 #: Files of a model folder that shape its outputs: weights, configs, tokenizer and chat template.
 MODEL_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja",
@@ -40,9 +40,12 @@ def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def _cache_file() -> Path:
-    from .models import cache_dir
+def cache_dir() -> Path:
+    """emoexp's cache folder (``$EMOEXP_CACHE`` or ``~/.cache/emoexp``)."""
+    return Path(os.environ.get("EMOEXP_CACHE", Path.home() / ".cache" / "emoexp"))
 
+
+def _cache_file() -> Path:
     return cache_dir() / "fingerprints.json"
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .config import REMOTE_CODE_MODELS
+from .fingerprint import cache_dir
 from .redact import log
 
 __all__ = [
@@ -50,11 +51,6 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 class ModelSpecError(ValueError):
     """A model spec that cannot be resolved (names what was tried)."""
-
-
-def cache_dir() -> Path:
-    """emoexp's cache folder (``$EMOEXP_CACHE`` or ``~/.cache/emoexp``)."""
-    return Path(os.environ.get("EMOEXP_CACHE", Path.home() / ".cache" / "emoexp"))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -237,3 +238,9 @@ def _owner_text(owner: Path) -> str:
     from .redact import scrub_text
 
     return scrub_text(f"pid {o.get('pid')} on {o.get('host')} since {o.get('since')} ({o.get('command')})")
+
+
+def slug(model: str) -> str:
+    """A short folder-safe name for a model spec (``Qwen/Qwen2.5-7B-Instruct`` -> ``Qwen2.5-7B-Instruct``)."""
+    name = Path(model.rstrip("/")).name if ("/" in model and Path(model).exists()) else model.split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "model"

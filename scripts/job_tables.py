@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from emoexp.eval.stats import best_per_target
 from emoexp.recipes.run import results_table
-from emoexp.recipes.sweep import best_per_target
 
 
 def best_table(agg: pd.DataFrame) -> str:

@@ -12,12 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFAULT_METRICS", "GAIN_COLUMNS", "TABLE_METRICS", "aggregate", "bootstrap_ci", "gain", "to_markdown"]
+__all__ = ["DEFAULT_METRICS", "GAIN_COLUMNS", "TABLE_METRICS", "aggregate", "best_per_target", "bootstrap_ci", "gain", "to_markdown"]
 
 #: The columns :func:`gain` adds to an aggregate row (paired gain, its CI, topic and repetition ratios).
 GAIN_COLUMNS = ("gain", "gain_ci_low", "gain_ci_high", "topic_ratio", "repetition_ratio")
@@ -129,3 +131,35 @@ def to_markdown(agg: pd.DataFrame, metrics: Sequence[str] | None = None, *, digi
     table = pd.DataFrame({**{k: agg[k] for k in keys}, "n": agg["n"].astype(int),
                           **{m: [cell(r, m) for _, r in agg.iterrows()] for m in metrics}})
     return table.to_markdown(index=False, missingval="") + "\n"
+
+
+def best_per_target(agg: Any, min_topic_ratio: float = 0.8, max_rep_ratio: float = 1.5,
+                    condition: str = "steered") -> list[dict[str, Any]]:
+    """For each target: the alpha with the largest target-probability gain over unsteered among
+    those keeping topic >= ``min_topic_ratio`` x and repetition <= ``max_rep_ratio`` x unsteered
+    (``condition``: ``steered``, or ``prompt_steered`` for the emotional prompt plus the EV)."""
+    unst = agg[agg["condition"] == "unsteered"].iloc[0]
+    out = []
+    for tgt in sorted(agg.loc[agg["condition"] == condition, "target"].dropna().unique()):
+        col = f"p_{tgt}"
+        if col not in agg.columns:
+            continue
+        base = float(unst[col])
+        prompt = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
+        rows = agg[(agg["condition"] == condition) & (agg["target"] == tgt)]
+        best: dict[str, Any] = {"target": tgt, "condition": condition, "unsteered": base,
+                                "prompt_gain": float(prompt[col].iloc[0]) - base if len(prompt) else math.nan}
+        cands = []
+        for _, r in rows.iterrows():
+            topic_ok = "topic" not in agg or float(r["topic"]) >= min_topic_ratio * float(unst["topic"])
+            rep_ok = "repetition" not in agg or float(r["repetition"]) <= max_rep_ratio * max(float(unst["repetition"]), 1e-3)
+            cands.append((topic_ok and rep_ok, float(r[col]) - base, r))
+        ok = [c for c in cands if c[0]]
+        pick = max(ok or cands, key=lambda c: c[1])
+        best.update(alpha=float(pick[2]["alpha"]), gain=pick[1], within_limits=pick[0],
+                    topic_ratio=float(pick[2]["topic"]) / float(unst["topic"]) if "topic" in agg else math.nan,
+                    rep_ratio=float(pick[2]["repetition"]) / max(float(unst["repetition"]), 1e-3)
+                    if "repetition" in agg else math.nan)
+        best["beats_prompt"] = bool(best["gain"] > best["prompt_gain"])
+        out.append(best)
+    return out

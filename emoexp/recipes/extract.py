@@ -76,7 +76,7 @@ def prepare(cfg: ExtractConfig, *, info: Any = None, tok: Any = None, out: str |
 
 def default_out(model: str, identity: dict[str, Any]) -> Path:
     """``outputs/extract/<model>-<identity>/evs.safetensors``."""
-    from .run import slug
+    from ..workdir import slug
 
     return Path("outputs") / "extract" / f"{slug(model)}-{identity['sha'][:10]}" / "evs.safetensors"
 

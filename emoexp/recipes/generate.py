@@ -174,7 +174,7 @@ def prepare(cfg: GenerateConfig, *, info: Any = None, tok: Any = None, attach: b
 
 def default_out(model: str, identity: dict[str, Any]) -> Path:
     """``outputs/generate/<model>-<identity>/generations.jsonl``."""
-    from .run import slug
+    from ..workdir import slug
 
     return Path("outputs") / "generate" / f"{slug(model)}-{identity['sha'][:10]}" / "generations.jsonl"
 

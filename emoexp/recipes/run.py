@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +31,11 @@ from typing import Any
 from ..config import RunConfig, to_dict
 from ..fingerprint import result_identity
 from ..redact import log
+from ..workdir import slug
 
 __all__ = ["Args", "RunJob", "main", "prepare", "results_table", "run", "slug"]
 
 Args = RunConfig
-
-
-def slug(model: str) -> str:
-    """A short folder-safe name for a model spec (``Qwen/Qwen2.5-7B-Instruct`` -> ``Qwen2.5-7B-Instruct``)."""
-    name = Path(model.rstrip("/")).name if ("/" in model and Path(model).exists()) else model.split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "model"
 
 
 @dataclass
@@ -307,7 +301,7 @@ def _config_yaml(cfg: RunConfig) -> str:
 def summary_metrics(agg: Any, n_generations: int) -> dict[str, float]:
     """Parent-run metrics: per target the best target-probability gain within the topic and
     repetition limits (and its alpha), the prompt baseline's gain; counts."""
-    from .sweep import best_per_target
+    from ..eval.stats import best_per_target
 
     out: dict[str, float] = {"n_generations": float(n_generations)}
     for b in best_per_target(agg):

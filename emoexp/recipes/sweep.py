@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RunConfig, from_dict, parse, to_dict
+from ..eval.stats import best_per_target
 from ..redact import log
 
 __all__ = ["Args", "SweepConfig", "best_per_target", "expand", "main", "parse_args", "summarize"]
@@ -168,35 +168,3 @@ def summarize(points: list[tuple[dict, Path]], out: Path) -> Path:
     (out / "sweep.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n" if len(table)
                                   else "no results\n")
     return out / "sweep.md"
-
-
-def best_per_target(agg: Any, min_topic_ratio: float = 0.8, max_rep_ratio: float = 1.5,
-                    condition: str = "steered") -> list[dict[str, Any]]:
-    """For each target: the alpha with the largest target-probability gain over unsteered among
-    those keeping topic >= ``min_topic_ratio`` x and repetition <= ``max_rep_ratio`` x unsteered
-    (``condition``: ``steered``, or ``prompt_steered`` for the emotional prompt plus the EV)."""
-    unst = agg[agg["condition"] == "unsteered"].iloc[0]
-    out = []
-    for tgt in sorted(agg.loc[agg["condition"] == condition, "target"].dropna().unique()):
-        col = f"p_{tgt}"
-        if col not in agg.columns:
-            continue
-        base = float(unst[col])
-        prompt = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
-        rows = agg[(agg["condition"] == condition) & (agg["target"] == tgt)]
-        best: dict[str, Any] = {"target": tgt, "condition": condition, "unsteered": base,
-                                "prompt_gain": float(prompt[col].iloc[0]) - base if len(prompt) else math.nan}
-        cands = []
-        for _, r in rows.iterrows():
-            topic_ok = "topic" not in agg or float(r["topic"]) >= min_topic_ratio * float(unst["topic"])
-            rep_ok = "repetition" not in agg or float(r["repetition"]) <= max_rep_ratio * max(float(unst["repetition"]), 1e-3)
-            cands.append((topic_ok and rep_ok, float(r[col]) - base, r))
-        ok = [c for c in cands if c[0]]
-        pick = max(ok or cands, key=lambda c: c[1])
-        best.update(alpha=float(pick[2]["alpha"]), gain=pick[1], within_limits=pick[0],
-                    topic_ratio=float(pick[2]["topic"]) / float(unst["topic"]) if "topic" in agg else math.nan,
-                    rep_ratio=float(pick[2]["repetition"]) / max(float(unst["repetition"]), 1e-3)
-                    if "repetition" in agg else math.nan)
-        best["beats_prompt"] = bool(best["gain"] > best["prompt_gain"])
-        out.append(best)
-    return out
