@@ -63,14 +63,18 @@ def _metrics_of(long: pd.DataFrame) -> list[str]:
     names = set(long.columns)
     cols = [c for c in long.columns if c not in _NOT_METRICS and not re.search(r"_ci_(low|high)$", c)
             and not (c.endswith("_n") and c[:-2] in names)]
-    fixed = {"experiment", "parent_run_id", "parent_name", "model", "config_hash", "run_id", "condition", "target",
+    fixed = {"experiment", "parent_run_id", "parent_name", "model", "run_label", "config_hash", "run_id", "condition", "target",
              "scorer"}
     return sorted(c for c in cols if c not in fixed)
 
 
 def _label_models(long: pd.DataFrame) -> pd.DataFrame:
-    """Row labels: the model id; ``model (hash8)`` when one model has several parents (a sweep)."""
+    """Row labels: the parent's name (``smollm2 · centre · limit 4``: family alias and the config
+    fields that differ from the main job, as in the MLflow runs table), else the model id; then
+    ``(hash8)`` where two parents still read alike, and ``[experiment]`` after that."""
     long = long.copy()
+    if "run_label" in long:
+        long["model"] = long["run_label"].fillna(long["model"])
     parents = long.groupby("model")["parent_run_id"].nunique()
     dup = long["model"].map(parents) > 1
     long.loc[dup, "model"] = long.loc[dup, "model"] + " (" + long.loc[dup, "config_hash"].str[:8] + ")"

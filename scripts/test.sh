@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Install everything (venv, pip packages, Debian's Slurm) and run the whole test suite.
+# Install everything (venv, pip packages, Debian's Slurm and Chromium) and run the whole test suite.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh --slurm
+bash scripts/install.sh --slurm --browser
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MLFLOW_DISABLE_TELEMETRY=true
 export EMOEXP_CACHE=${EMOEXP_CACHE:-$PWD/.cache/emoexp}
 export HF_HOME=${HF_HOME:-$PWD/.cache/hf}

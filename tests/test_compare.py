@@ -3,6 +3,8 @@ against the metrics that were logged (the fake studies of test_tracking)."""
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ def _expected(agg: pd.DataFrame, column: str) -> float:
     m = re.fullmatch(r"(\w+?)(?:\[(\w+)\])?@(.+)", column)
     assert m, column
     metric, target, where = m.groups()
+    if metric == "p_target":  # each child's own target's probability (NaN where it was not scored)
+        metric = f"p_{target}" if f"p_{target}" in agg else "missing"
+        agg = agg.assign(missing=math.nan)
     if where == "unsteered":
         rows = agg[agg["condition"] == "unsteered"]
     elif where == "prompt":
@@ -51,14 +56,17 @@ def test_cli_table_every_cell_matches_the_logged_metrics(logged: dict[str, Any],
     assert rc == 0
     table = pd.read_csv(tmp_path / "compare.csv", index_col="model")
     assert list(table.index) == ["tiny/a", "tiny/b", "tiny/c"]
-    # per metric: unsteered + per target (prompt + 3 alphas), targets bracketed
-    assert len(table.columns) == len(METRICS) * (1 + 2 * 4)
+    # per metric (and the children's p_target): unsteered + per target (prompt + 3 alphas), targets bracketed
+    assert len(table.columns) == (len(METRICS) + 1) * (1 + 2 * 4)
     assert list(table.columns[:5]) == ["intensity@unsteered", "intensity[anger]@prompt", "intensity[anger]@0",
                                        "intensity[anger]@1", "intensity[anger]@2"]
     md = (tmp_path / "compare.md").read_text()
     for model, row in table.iterrows():
         for col, value in row.items():
             want = _expected(logged["aggregates"][model], col)
+            if math.isnan(want):
+                assert math.isnan(value), (model, col)
+                continue
             assert value == pytest.approx(want, abs=1e-12), (model, col)
             assert f"{want:.3f}" in md
     assert {f"compare_{m}.png" for m in METRICS} <= {p.name for p in tmp_path.iterdir()}
@@ -97,7 +105,7 @@ def test_bad_requests_are_reported(logged: dict[str, Any], capsys: pytest.Captur
     assert cli(["compare", "--experiment", "nope", "--uri", logged["uri"]]) == 2
     assert "no MLflow experiment named 'nope' in" in capsys.readouterr().err
     assert cli(["compare", "--experiment", "paper", "--metrics", "bleu", "--uri", logged["uri"]]) == 2
-    assert "unknown metric(s) bleu; logged: intensity, p_joy, topic" in capsys.readouterr().err
+    assert "unknown metric(s) bleu; logged: intensity, p_joy, p_target, topic" in capsys.readouterr().err
     assert cli(["compare", "--experiment", "paper", "--uri", tracking_uri(tmp_path)]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "mlruns").exists()  # a read-only command creates nothing

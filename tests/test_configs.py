@@ -19,6 +19,7 @@ from emoexp.config import (
     GenerateOptions,
     RunConfig,
     build_parser,
+    changes,
     dump,
     from_dict,
     load_yaml,
@@ -90,6 +91,9 @@ def test_flags_win_over_the_file_and_shorthands_apply(tmp_path):
     ("generate:\n  centre: true\n  targets: [joy, base]\n", "centre: the 'base' target is the mean of the EVs"),
     ("extract:\n  emotions: [joy]\ngenerate:\n  centre: true\n  targets: [joy]\n",
      "generate.centre: subtracts the mean of the extracted EVs, which needs at least 2 emotions"),
+    ("extract:\n  emotions: [joy]\ngenerate:\n  targets: [anger]\n",
+     "generate.targets: 'anger' steers with anger, which extract.emotions (joy) does not extract"),
+    ("extract:\n  emotions: [joy, anger]\ngenerate:\n  targets: ['joy=1+fear=-1']\n", "steers with fear, which"),
 ])
 def test_bad_config_files_are_one_line(tmp_path, yaml_text, message):
     f = tmp_path / "bad.yaml"
@@ -139,3 +143,30 @@ def test_every_field_has_real_help(cls):
 ])
 def test_a_bare_boolean_flag_means_true(argv, want):
     assert parse(RunConfig, argv).generate.do_sample is want
+
+
+def test_a_refused_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    """Every check that can refuse a run runs before MLflow or a model is touched: no store, no
+    parent, no output folder (it used to refuse after 17 s of extraction, leaving a FAILED parent)."""
+    from emoexp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "--extract.emotions", "joy", "--generate.targets", "anger"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "extract.emotions (joy) does not extract" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({}, []),
+    ({"limit": 4, "generate": {"centre": True}}, ["limit 4", "centre"]),
+    ({"limit": 2, "max_new_tokens": 5, "accelerator": "cpu", "experiment": "x", "out_dir": "o", "model": "m"},
+     ["max_new_tokens 5", "limit 2"]),
+    ({"generate": {"alphas": [-1.0, 1.5, 8.0], "pool_entries": False, "limit": 5}, "seed": 3},
+     ["seed 3", "alphas -1,1.5,8", "no pool_entries"]),
+    ({"extract": {"limit": 16, "site": "mlp"}, "generate": {"limit": 5, "site": "mlp"}},
+     ["extract.site mlp", "generate.site mlp"]),
+])
+def test_run_names_say_what_differs_from_the_main_job(kwargs, words):
+    assert changes(RunConfig(**kwargs)) == words

@@ -167,3 +167,32 @@ def test_unusable_tracking_stores_are_refused_up_front(uri, message, tmp_path, m
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_parent_says_why(tmp_path, monkeypatch, capsys):
+    """ENOSPC while generating: one line naming the output folder (not a traceback), the MLflow
+    parent FAILED with the reason at the top of its note; the finished extraction is kept."""
+    import errno
+
+    from mlflow.tracking import MlflowClient
+
+    from emoexp.tracking import tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "generations.jsonl.work"))
+
+    monkeypatch.setattr(generate, "run_stage", full)
+    assert main(["run", *TINY, "--limit", "2", "--experiment", "disk", "--out_dir", "out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]  # the log lines of the stages before it, then the error: one line
+    assert last.startswith("emoexp run: error: no space left on the device of out (while writing ") and "rerun" in last
+    assert (tmp_path / "out" / "evs.safetensors").is_file()
+    client = MlflowClient(tracking_uri(tmp_path))
+    parent = client.search_runs([client.get_experiment_by_name("disk").experiment_id],
+                                "tags.`emoexp.kind` = 'parent'")[0]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["mlflow.note.content"].startswith("**FAILED** (attempt 1): ResourceError: no space left")

@@ -311,3 +311,104 @@ def test_save_all_plots(study: dict[str, Any], tmp_path: Path) -> None:
     names = {p.name for p in paths}
     assert {"ev_norms.png", "ev_cosine.png", "ev_split_half.png"} | {f"alpha_sweep_{m}.png" for m in ("p_target", "intensity", "topic")} == names
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_alpha_curves_p_target_names_and_tables(study: dict[str, Any], server: str) -> None:
+    """What the MLflow UI shows: each parent's α curves as metric histories (step = 100·α, in
+    α's order), ``p_target`` on every child whose target was scored, the results and the
+    per-response scores as MLflow tables, and a name with the identity."""
+    client = MlflowClient(server)
+    exp_id = client.get_experiment_by_name("study").experiment_id
+    for model, pid in study["parents"].items():
+        s = study["studies"][model]
+        agg = s["aggregate"]
+        parent = client.get_run(pid)
+        assert parent.info.run_name == f"{model} · {parent.data.tags['config_hash'][:8]}"
+        assert parent.data.tags["emoexp.run_label"] == model
+        joy = agg[(agg["condition"] == "steered") & (agg["target"] == "joy")].sort_values("alpha")
+        hist = sorted(client.get_metric_history(pid, "joy/p_target_by_alpha_x100"), key=lambda m: m.step)
+        assert [m.step for m in hist] == [round(100 * a) for a in joy["alpha"]] == [0, 100, 200]
+        assert [m.value for m in hist] == pytest.approx(joy["p_joy"].tolist())
+        assert not client.get_metric_history(pid, "anger/p_target_by_alpha_x100")  # p_anger was never scored
+        for kid in _children(client, exp_id, pid):
+            m, target = kid.data.metrics, kid.data.tags["target"]
+            assert ("p_target" in m) == (target == "joy")
+            if target == "joy":
+                assert m["p_target"] == m["p_joy"]
+        results = pd.read_json(client.download_artifacts(pid, "tables/results.json"), orient="split")
+        assert len(results) == len(agg)
+        row = results[(results["condition"] == "steered") & (results["target"] == "joy") & (results["alpha"] == 2.0)]
+        assert float(row["p_target"].iloc[0]) == pytest.approx(float(joy[joy["alpha"] == 2.0]["p_joy"].iloc[0]))
+        scores = pd.read_json(client.download_artifacts(pid, "tables/scores.json"), orient="split")
+        assert scores["response"].tolist() == s["generations"]["response"].tolist()
+
+
+def test_curves_keep_alpha_order_sign_and_the_unsteered_point() -> None:
+    from emoexp.tracking.curves import curves
+
+    agg = pd.DataFrame({"condition": ["unsteered", "steered", "steered", "steered", "prompt"],
+                        "target": [None, "joy", "joy", "joy", "joy"], "alpha": [None, 4.0, -1.0, 0.5, None],
+                        "p_joy": [0.1, 0.9, 0.05, 0.3, 0.6], "gain": [None, 0.8, -0.05, 0.2, None],
+                        "topic_ratio": [None, 0.7, 1.0, 0.95, None], "repetition_ratio": [None, 2.0, 1.0, 1.1, None],
+                        "dose": [0.0, 0.8, 0.2, 0.1, None]})
+    got: dict[str, list[tuple[int, float]]] = {}
+    for name, value, step in curves(agg):
+        got.setdefault(name, []).append((step, value))
+    # the grid has no α = 0: the unsteered point stands there (gain 0, ratios 1); the prompt row is no point
+    assert got["joy/p_target_by_alpha_x100"] == [(-100, 0.05), (0, 0.1), (50, 0.3), (400, 0.9)]
+    assert got["joy/gain_by_alpha_x100"] == [(-100, -0.05), (0, 0.0), (50, 0.2), (400, 0.8)]
+    assert got["joy/repetition_ratio_by_alpha_x100"][1] == (0, 1.0)
+    assert got["joy/p_target_by_dose_x100"] == [(-20, 0.05), (0, 0.1), (10, 0.3), (80, 0.9)]  # negative α, negative dose
+    assert len(got) == 8
+
+
+def test_a_failed_parent_says_why_and_a_resumed_one_forgets(tmp_path: Path) -> None:
+    from emoexp.tracking import Study
+
+    uri = check_store(tracking_uri(tmp_path))
+    client = MlflowClient(uri)
+    s = Study("fails", "f" * 16, {"model": "m"}, {"model_id": "m"}, uri=uri, watch=False, name="m · limit 4")
+    pid = s.start()
+    assert client.get_run(pid).info.run_name == "m · limit 4 · ffffffff"
+    s.end("FAILED", "ResourceError: no space left on the device of out/ (while writing out/x)\nsecond line")
+    run = client.get_run(pid)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.note.content"].startswith(
+        "**FAILED** (attempt 1): ResourceError: no space left on the device of out/ (while writing out/x) second line\n\n")
+    assert run.data.tags["emoexp.failure"].startswith("ResourceError")
+    again = Study("fails", "f" * 16, {"model": "m"}, {"model_id": "m"}, uri=uri, watch=False, name="m · limit 4")
+    assert again.start() == pid and again.attempt == 2
+    again.finish()
+    run = client.get_run(pid)
+    assert run.info.status == "FINISHED" and "emoexp.failure" not in run.data.tags
+    assert run.data.tags["mlflow.note.content"].startswith("**m**")
+
+
+def test_a_renamed_experiment_or_a_deleted_parent_is_one_line_and_logs_nothing(tmp_path: Path) -> None:
+    from emoexp.tracking import Study
+
+    uri = check_store(tracking_uri(tmp_path))
+    client = MlflowClient(uri)
+
+    def study() -> Study:
+        return Study("named", "e" * 16, {"model": "m"}, {"model_id": "m"}, uri=uri, watch=False)
+
+    first = study()
+    pid = first.start()
+    first.finish()
+    exp_id = client.get_experiment_by_name("named").experiment_id
+    client.rename_experiment(exp_id, "renamed")
+    with pytest.raises(TrackingError, match=f"parent {pid} is in experiment 'renamed' \\(renamed\\?\\): rerun with "
+                                            "--experiment 'renamed'") as e:
+        study().start()
+    assert "\n" not in str(e.value)
+    assert client.get_experiment_by_name("named") is None  # no second experiment of the old name
+    client.rename_experiment(exp_id, "named")
+    client.delete_run(pid)
+    with pytest.raises(TrackingError, match=f"parent {pid} in experiment 'named' is deleted: restore it"):
+        study().start()
+    assert len(client.search_runs([exp_id])) == 0  # no new parent beside the deleted one
+    client.restore_run(pid)
+    again = study()
+    assert again.start() == pid and again.attempt == 2  # restored: resumes into it
+    again.finish()

@@ -118,6 +118,14 @@ class GenerateJob:
     def prompts_for(self, entry: dict[str, Any]) -> list[list[int]]:
         return self.prompts[_prompt_key(entry)]
 
+    def describe(self) -> str:
+        """``31 grid entries x 30 queries = 930 responses (780 generated: ...)``, as the progress bar counts."""
+        n, q = len(self.entries), len(self.queries)
+        reused = sum(_reused_from(en, self.entries) is not None for en in self.entries)
+        why = (f" ({(n - reused) * q} generated: the {reused} α = 0 steered entries repeat the unsteered replies "
+               "bit for bit and are copied)") if reused else ""
+        return f"{n} grid entries x {q} queries = {n * q} responses{why}"
+
     @property
     def site(self) -> str:
         return self.cfg.site or (self.evs.metadata.get("site", "residual") if self.evs is not None else "residual")
@@ -196,9 +204,7 @@ def generate(cfg: GenerateConfig) -> Path:
         if state == "complete":
             log(f"{job.out} is complete for this config and these inputs: nothing to do")
             return job.out
-        n = len(job.entries) * len(job.queries)
-        log(f"generate: {len(job.entries)} grid entries x {len(job.queries)} queries = {n} responses of up to "
-            f"{cfg.max_new_tokens} tokens, batch {cfg.batch_size} -> {job.out}"
+        log(f"generate: {job.describe()}, up to {cfg.max_new_tokens} tokens each, batch {cfg.batch_size} -> {job.out}"
             + (" (resuming)" if state == "resume" else ""))
         fabric = make_fabric(cfg)
         fabric.launch(_launched, job)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, to_dict
+from ..config import RunConfig, changes, to_dict
 from ..fingerprint import result_identity
 from ..redact import log
 from ..workdir import slug
@@ -85,7 +85,7 @@ def prepare(cfg: RunConfig) -> RunJob:
 
 def run(cfg: RunConfig) -> Path:
     """Run the whole pipeline for ``cfg``; returns the output folder."""
-    from ..runtime import check_resources, is_rank_zero, make_fabric
+    from ..runtime import check_resources, disk_full, is_rank_zero, make_fabric
     from ..workdir import WorkDir, exclusive
 
     rank0 = is_rank_zero()
@@ -116,8 +116,14 @@ def run(cfg: RunConfig) -> Path:
             fabric = make_fabric(cfg)
             fabric.launch(_worker, job)
         except BaseException as e:
+            err = disk_full(e, job.out_dir)
             if job.study is not None:
-                job.study.end("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
+                killed = isinstance(e, (KeyboardInterrupt, SystemExit))
+                job.study.end("KILLED" if killed else "FAILED",
+                              "stopped (Ctrl-C, a signal or preemption); rerun the same command to resume" if killed
+                              else f"{type(err).__name__}: {err}")
+            if err is not e:
+                raise err from None
             raise
         if rank0:
             latest = job.out_dir.parent / "latest"
@@ -125,6 +131,7 @@ def run(cfg: RunConfig) -> Path:
                 if latest.is_symlink() or not latest.exists():
                     latest.unlink(missing_ok=True)
                     latest.symlink_to(job.out_dir.name)
+                    log(f"{latest} -> {job.out_dir.name} (the last run started here)")
     return job.out_dir
 
 
@@ -146,9 +153,10 @@ def _start_study(job: RunJob, uri: str) -> Any:
                  "num_rows": len(job.generate.queries),
                  "source": str(bundled_path(gcfg.data)) if gcfg.data in BUNDLED else gcfg.data}]
     study = Study(cfg.experiment, job.identity["sha"], config, prov, datasets=datasets, uri=uri,
-                  scorer=job.identity["inputs"]["scorer"])
+                  scorer=job.identity["inputs"]["scorer"], name=" · ".join([slug(cfg.model), *changes(cfg)]))
     run_id = study.start()
-    log(f"MLflow: experiment {cfg.experiment!r}, parent run {run_id} (attempt {study.attempt}) at {uri}")
+    log(f"MLflow: experiment {cfg.experiment!r}, parent run {run_id} (attempt {study.attempt}) at {uri}; "
+        f"UI: {study.ui_url()}" + ("" if uri.startswith("http") else " after `mlflow ui --backend-store-uri " + uri + "`"))
     return study
 
 
@@ -182,8 +190,7 @@ def _worker(fabric: Any, job: RunJob) -> None:
             log(f"generate: {gj.out} is complete, reused")
     else:
         if rank0:
-            log(f"generate: {len(gj.entries)} grid entries x {len(gj.queries)} queries = "
-                f"{len(gj.entries) * len(gj.queries)} responses, batch {cfg.batch_size}")
+            log(f"generate: {gj.describe()}, batch {cfg.batch_size}")
         generate.run_stage(fabric, gj, model, _progress(study, "generate"))
     t2 = time.time()
     if rank0:
@@ -275,7 +282,7 @@ def _evaluate_and_log(job: RunJob, model: Any, tok: Any, timings: dict[str, floa
     WorkDir(out_dir / "scores.jsonl").mark_complete()
     if study is not None:
         study.timing("evaluate", timings["evaluate_s"])
-        run_id = study.finish(agg, summary_metrics(agg, len(table)), plots)
+        run_id = study.finish(agg, summary_metrics(agg, len(table)), plots, scores=table)
         log(f"MLflow: parent run {run_id} FINISHED ({len(groups)} child runs)")
 
 

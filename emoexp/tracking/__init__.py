@@ -3,7 +3,10 @@
 - :mod:`.store`: where runs go (``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlruns/mlflow.db``)
   and a fail-fast check of that store (unreachable server, corrupt or foreign file, file-store
   URIs and unwritable paths are refused before any work starts);
-- :mod:`.meta`: what MLflow gets to see (redacted config, flattened params, provenance, keys);
+- :mod:`.meta`: what MLflow gets to see (redacted config, flattened params, provenance, keys,
+  the parent's note, the results table), pure Python;
+- :mod:`.curves`: α curves as metric histories (step = 100·α) for the chart view, pure pandas;
+- :mod:`.client`: writes to a store (retried, batched, tables), experiments with their kind;
 - :mod:`.study`: a study logged live (:class:`Study`) or in one call (:func:`log_study`);
 - :mod:`.read`: studies read back (:func:`load_children`, behind ``emoexp compare``);
 - :mod:`.watch`: the watchdog that marks a killed run KILLED.

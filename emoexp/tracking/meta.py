@@ -1,5 +1,6 @@
 """What MLflow gets to see: redaction of secrets, the config hash, flattened params, provenance
-(git commit, hardware) and the child-run keys. Pure Python; :mod:`emoexp.tracking` logs it.
+(git commit, hardware), the child-run keys, the parent's note, the results table and the text
+samples. Pure Python; :mod:`emoexp.tracking` logs it.
 
 Example:
     >>> redact({"judge": {"api_key": "sk-123", "max_new_tokens": 8}})
@@ -19,13 +20,16 @@ import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..redact import REDACTED, is_secret_key, redact, scrub_text
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
-    "REDACTED", "alpha_label", "child_key", "config_hash", "flatten", "git_info", "hardware_info",
-    "is_secret_key", "model_label", "redact", "scrub_text",
+    "REDACTED", "alpha_label", "by_child", "child_key", "config_hash", "finite", "flatten", "git_info", "hardware_info",
+    "is_secret_key", "model_label", "parent_note", "redact", "results_table", "samples_text", "scrub_text",
 ]
 
 def _jsonable(obj: Any) -> Any:
@@ -121,3 +125,57 @@ def hardware_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001, S110 - no torch or a broken driver must not fail the run
         pass
     return info
+
+
+def results_table(aggregate: pd.DataFrame) -> pd.DataFrame:
+    """The results table for MLflow's table view: one row per (condition, target, α) with the
+    target's probability, its gain over unsteered [95% CI] and the topic / repetition ratios."""
+    import pandas as pd
+
+    rows = []
+    for _, r in aggregate.iterrows():
+        t = r.get("target")
+        col = f"p_{t}" if isinstance(t, str) and f"p_{t}" in aggregate else None
+        rows.append({"condition": r.get("condition"), "target": t, "alpha": r.get("alpha"), "n": r.get("n"),
+                     "p_target": r[col] if col else None,
+                     **{k: r.get(k) for k in ("gain", "gain_ci_low", "gain_ci_high", "topic_ratio", "repetition_ratio",
+                                              "dose", "topic", "repetition", "perplexity") if k in aggregate}})
+    return pd.DataFrame(rows)
+
+
+def finite(v: Any) -> float | None:
+    """``v`` as a float, or None when it is not a finite number (NaN, None, text)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def samples_text(rows: pd.DataFrame, k: int) -> str:
+    order = rows.sort_values("index") if "index" in rows else rows
+    parts = []
+    for _, r in order.head(k).iterrows():
+        head = f"[{r.get('query_emotion', '')}] {r.get('query', '')}".strip()
+        parts.append(f"### {head}\n{r.get('response', '')}\n")
+    return "\n".join(parts)
+
+
+def parent_note(label: str, chash: str, prov: dict[str, Any]) -> str:
+    ident = prov.get("commit") or prov.get("model_fingerprint") or prov.get("revision") or "unrecorded"
+    return (f"**{label}** — emoexp study, identity `{chash}` (config and input contents).\n\n"
+            "Child runs: one per (condition, target, α). Parent artifacts: `config.json`, `provenance.json`, "
+            "`attempts/` (one record per run attempt), `vectors/` (EmotionVectors safetensors), `plots/` (EV norms, "
+            "cosine, split-half stability, α-sweeps), `aggregate.json`.\n\n"
+            f"Model: `{prov.get('model_id')}` ({ident}); world size {prov.get('world_size', 1)}.")
+
+
+def by_child(generations: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Generation rows grouped by child key (condition|target|alpha)."""
+    if generations is None or not len(generations):
+        return {}
+    n = len(generations)
+    keys = [child_key(c, t, a) for c, t, a in zip(generations["condition"], generations.get("target", [None] * n),
+                                                 generations.get("alpha", [None] * n), strict=True)]
+    return {k: rows.drop(columns="_key").reset_index(drop=True)
+            for k, rows in generations.assign(_key=keys).groupby("_key", sort=False)}

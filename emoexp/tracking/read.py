@@ -34,7 +34,8 @@ def search_all(client: MlflowClient, exp_ids: list[str], filter_string: str) -> 
 def load_children(experiments: Sequence[str], uri: str | None = None, scorer: str | None = None) -> pd.DataFrame:
     """Every FINISHED child run of the given experiments as one row, read through search_runs.
 
-    Columns: ``experiment, parent_run_id, parent_name, model, config_hash, run_id, start_time,
+    Columns: ``experiment, parent_run_id, parent_name, model, run_label (the parent's name without
+    its identity: ``smollm2 · centre``), config_hash, run_id, start_time,
     condition, target (None for 'none'), alpha (NaN for 'none'), scorer`` and one column per
     metric. Duplicates of a (parent, condition, target, alpha, scorer) keep the latest run.
 
@@ -70,6 +71,7 @@ def load_children(experiments: Sequence[str], uri: str | None = None, scorer: st
         alpha = t.get("alpha", "none")
         rows.append({**r.data.metrics, "experiment": names[r.info.experiment_id], "parent_run_id": p.info.run_id,
                      "parent_name": p.info.run_name, "model": p.data.tags.get("model_id", "unknown"),
+                     "run_label": p.data.tags.get("emoexp.run_label") or p.data.tags.get("model_id", "unknown"),
                      "config_hash": p.data.tags.get("config_hash", ""), "run_id": r.info.run_id,
                      "start_time": r.info.start_time, "condition": t.get("condition"),
                      "target": None if t.get("target", "none") == "none" else t["target"],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import socket
@@ -37,8 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,137 +45,41 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..redact import install_log_filter
-from .meta import child_key, config_hash, flatten, git_info, hardware_info, model_label, redact
+from .client import (
+    dataset_inputs,
+    experiment_id,
+    log_batched,
+    log_table,
+    no_url_printing,
+    require_rank_zero,
+    retry_locked,
+    ui_url,
+)
+from .meta import (
+    by_child,
+    child_key,
+    config_hash,
+    finite,
+    flatten,
+    git_info,
+    hardware_info,
+    model_label,
+    parent_note,
+    redact,
+    results_table,
+    samples_text,
+)
 from .read import search_all
-from .store import TrackingError, artifact_root, check_store
+from .store import TrackingError, check_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Study", "log_study"]
 
-_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 install_log_filter()
-
-
-def _require_rank_zero() -> None:
-    for var in _RANK_VARS:
-        if os.environ.get(var, "0").strip() not in ("", "0"):
-            raise TrackingError(f"MLflow logging called on a process with {var}={os.environ[var]}: only rank 0 logs "
-                                "to MLflow (guard the call with `if fabric.global_rank == 0`)")
-
-
-@contextlib.contextmanager
-def _no_url_printing() -> Iterator[None]:
-    """MLflow prints two "View run" lines (and makes an extra request) per terminated run over
-    HTTP; a study has dozens of child runs."""
-    var = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-    if var in os.environ:
-        yield
-        return
-    os.environ[var] = "true"
-    try:
-        yield
-    finally:
-        os.environ.pop(var, None)
-
-
-def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call an atomic store write again when a concurrent writer got in first (SQLite "database
-    is locked", or two processes inserting the same dataset row)."""
-    from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
-
-    def transient(e: BaseException) -> bool:
-        return isinstance(e, MlflowException) and bool(
-            re.search(r"database is locked|UNIQUE constraint failed", str(e)))
-
-    return retry(retry=retry_if_exception(transient), stop=stop_after_attempt(6),
-                 wait=wait_exponential(multiplier=0.1, max=3), reraise=True)(fn)(*args, **kwargs)
-
-
-def _batched(client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (), params: Sequence[Param] = (),
-             tags: Sequence[RunTag] = ()) -> None:
-    """log_batch within MLflow's limits (1000 metrics, 100 params, 100 tags per call)."""
-    metrics, params, tags = list(metrics), list(params), list(tags)
-    while metrics or params or tags:
-        _retry(client.log_batch, run_id, metrics=metrics[:1000], params=params[:100], tags=tags[:100])
-        metrics, params, tags = metrics[1000:], params[100:], tags[100:]
-
-
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        root = artifact_root(uri)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60] or "experiment"
-        location = f"{root}/{slug}-{config_hash({'experiment': name})[:8]}" if root else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by a concurrent process
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it with `mlflow experiments restore "
-                            f"--experiment-id {exp.experiment_id}` or choose another experiment name")
-    return str(exp.experiment_id)
-
-
-def _log_table(client: MlflowClient, run_id: str, df: pd.DataFrame, path: str) -> None:
-    with warnings.catch_warnings():  # MLflow's own select_dtypes call warns under pandas 3
-        warnings.filterwarnings("ignore", message=".*select_dtypes.*")
-        client.log_table(run_id, df, path)
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
-    import hashlib
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    inputs = []
-    for d in datasets:
-        d = redact(d)
-        name = str(d.get("name") or d.get("source") or d.get("path") or "dataset")
-        source = str(d.get("source") or d.get("path") or name)
-        local = Path(source).is_file()
-        if d.get("digest"):
-            digest = str(d["digest"])
-        elif local:
-            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-        else:
-            digest = config_hash(d)
-        kind = "local" if local else "http" if re.match(r"https?://", source) else "emoexp"
-        profile = {k: d[k] for k in ("num_rows", "rows", "limit") if d.get(k) is not None}
-        ds = Dataset(name=name, digest=digest[:36], source_type=kind, source=json.dumps({"uri": source}),
-                     profile=json.dumps(profile) if profile else None)
-        context = str(d.get("context") or d.get("role") or "evaluation")
-        inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
-    return inputs
-
-
-def _samples(rows: pd.DataFrame, k: int) -> str:
-    order = rows.sort_values("index") if "index" in rows else rows
-    parts = []
-    for _, r in order.head(k).iterrows():
-        head = f"[{r.get('query_emotion', '')}] {r.get('query', '')}".strip()
-        parts.append(f"### {head}\n{r.get('response', '')}\n")
-    return "\n".join(parts)
-
-
-def _note(label: str, chash: str, prov: dict[str, Any]) -> str:
-    ident = prov.get("commit") or prov.get("model_fingerprint") or prov.get("revision") or "unrecorded"
-    return (f"**{label}** — emoexp study, identity `{chash}` (config and input contents).\n\n"
-            "Child runs: one per (condition, target, α). Parent artifacts: `config.json`, `provenance.json`, "
-            "`attempts/` (one record per run attempt), `vectors/` (EmotionVectors safetensors), `plots/` (EV norms, "
-            "cosine, split-half stability, α-sweeps), `aggregate.json`.\n\n"
-            f"Model: `{prov.get('model_id')}` ({ident}); world size {prov.get('world_size', 1)}.")
+#: The failure line :meth:`Study.end` puts at the top of a parent's note.
+_FAILURE = re.compile(r"^\*\*(FAILED|KILLED)\*\* \(attempt \d+\): [^\n]*\n\n")
 
 
 class Study:
@@ -199,8 +101,8 @@ class Study:
 
     def __init__(self, experiment: str, identity: str | None, config: dict[str, Any], provenance: dict[str, Any],
                  *, datasets: list[dict[str, Any]] | None = None, uri: str | None = None, watch: bool = True,
-                 sample_texts: int = 5, scorer: str | None = None):
-        _require_rank_zero()
+                 sample_texts: int = 5, scorer: str | None = None, name: str | None = None):
+        require_rank_zero()
         self.scorer = scorer
         self.uri = check_store(uri)
         self.experiment = experiment
@@ -219,8 +121,20 @@ class Study:
         self._watcher: subprocess.Popen | None = None
         self.label = model_label(self.provenance.get("model_id"), self.provenance.get("model_spec"),
                                  config.get("model"))
+        #: the parent's name without its identity (tag ``emoexp.run_label``): what tells runs apart
+        self.name = name or self.label
 
     # -- parent -----------------------------------------------------------------------------
+
+    def ui_url(self, run: bool = False) -> str:
+        """This study's runs (``run``: its parent) in the MLflow UI (:func:`~emoexp.tracking.client.ui_url`)."""
+        assert self.exp_id is not None
+        return ui_url(self.uri, self.exp_id, self.run_id if run else None)
+
+    @property
+    def run_name(self) -> str:
+        """``smollm2 · centre · limit 4 · 1a2b3c4d``: the name, then the identity's first 8 digits."""
+        return f"{self.name} · {self.hash[:8]}"
 
     def _parents(self) -> list[Any]:
         assert self.exp_id is not None
@@ -230,15 +144,19 @@ class Study:
     def start(self) -> str:
         """Find this identity's parent (resume) or create it; mark it RUNNING; log params,
         provenance (first attempt), config, datasets. Returns the parent run id."""
-        with _no_url_printing():
-            self.exp_id = _experiment_id(self.client, self.experiment, self.uri)
+        with no_url_printing():
+            if self.client.get_experiment_by_name(self.experiment) is None:
+                self._refuse_if_elsewhere()
+            self.exp_id = experiment_id(self.client, self.experiment, self.uri)
             found = self._parents()
             if not found:
+                self._refuse_if_deleted()
                 tags = {"emoexp.kind": "parent", "config_hash": self.hash, "model_id": self.label,
-                        "mlflow.note.content": _note(self.label, self.hash, self.provenance)}
+                        "emoexp.run_label": self.name,
+                        "mlflow.note.content": parent_note(self.label, self.hash, self.provenance)}
                 if self.provenance.get("git_commit"):
                     tags["mlflow.source.git.commit"] = str(self.provenance["git_commit"])
-                created = self.client.create_run(self.exp_id, tags=tags, run_name=f"{self.label} ({self.hash[:8]})")
+                created = self.client.create_run(self.exp_id, tags=tags, run_name=self.run_name)
                 found = self._parents() or [created]
                 mine = created.info.run_id
                 winner = min(r.info.run_id for r in found)
@@ -247,24 +165,53 @@ class Study:
             run = min(found, key=lambda r: r.info.run_id)
             self.run_id = run.info.run_id
             self.attempt = int(run.data.tags.get("emoexp.attempts", "0")) + 1
-            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.update_run(self.run_id, status="RUNNING", name=self.run_name)  # older runs get today's name
+            self.client.set_tag(self.run_id, "emoexp.run_label", self.name)
             safe = redact(self.config)
             params = {**flatten(safe), "config_hash": self.hash}  # the same values again: allowed, a no-op
             tags = [RunTag("emoexp.attempts", str(self.attempt)), RunTag("emoexp.attempt_token", self.token),
                     RunTag("emoexp.host", socket.gethostname()), RunTag("emoexp.pid", str(os.getpid()))]
             if self.attempt == 1:
                 tags += [RunTag(f"provenance.{k}", v[:8000]) for k, v in flatten(self.provenance).items()]
-            _batched(self.client, self.run_id, params=[Param(k, v) for k, v in params.items()], tags=tags)
+            log_batched(self.client, self.run_id, params=[Param(k, v) for k, v in params.items()], tags=tags)
             self.client.log_text(self.run_id, json.dumps(safe, indent=1, sort_keys=True, default=str), "config.json")
             if self.attempt == 1:
                 self.client.log_text(self.run_id, json.dumps(self.provenance, indent=1, sort_keys=True, default=str),
                                      "provenance.json")
             self._attempt_record({"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
             if self.datasets:
-                _retry(self.client.log_inputs, self.run_id, datasets=_dataset_inputs(self.datasets))
+                retry_locked(self.client.log_inputs, self.run_id, datasets=dataset_inputs(self.datasets))
         if self.watch:
             self._start_watcher()
         return self.run_id
+
+    def _refuse_if_elsewhere(self) -> None:
+        """This identity's parent sits in another experiment (the experiment was renamed): say
+        where, rather than start a second parent in a new experiment of the old name."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        for chunk in (ids[i:i + 100] for i in range(0, len(ids), 100)):
+            hits = search_all(self.client, chunk, f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{self.hash}'")
+            if hits:
+                name = self.client.get_experiment(hits[0].info.experiment_id).name
+                raise TrackingError(f"MLflow experiment {self.experiment!r} does not exist, but this run's parent "
+                                    f"{hits[0].info.run_id} is in experiment {name!r} (renamed?): rerun with "
+                                    f"--experiment {name!r}, or rename it back")
+
+    def _refuse_if_deleted(self) -> None:
+        """This identity's parent was deleted (it is in MLflow's trash): restoring resumes into it;
+        a new parent beside a deleted one would split the study."""
+        from mlflow.entities import ViewType
+
+        assert self.exp_id is not None
+        page = self.client.search_runs([self.exp_id], f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{self.hash}'",
+                                       run_view_type=ViewType.DELETED_ONLY, max_results=1)
+        if page:
+            rid = page[0].info.run_id
+            raise TrackingError(f"this run's MLflow parent {rid} in experiment {self.experiment!r} is deleted: restore "
+                                f"it to resume into it (`mlflow runs restore --run-id {rid}`), or remove it for good "
+                                f"(`mlflow gc --backend-store-uri <store> --run-ids {rid}`) to start a new one")
 
     def attach(self) -> str:
         """Use this identity's existing parent as it is (no params, status or attempt change),
@@ -273,7 +220,7 @@ class Study:
         Raises:
             TrackingError: no parent run with this identity in the experiment.
         """
-        with _no_url_printing():
+        with no_url_printing():
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 raise TrackingError(f"MLflow experiment {self.experiment!r} not found at {self.uri}")
@@ -287,12 +234,12 @@ class Study:
     def log_rescored(self, folder: str, files: Sequence[Path], metrics: dict[str, float]) -> None:
         """Files under ``folder/`` and summary ``metrics`` on the parent (a re-scoring's results)."""
         assert self.run_id is not None
-        with _no_url_printing():
+        with no_url_printing():
             for f in files:
                 self.client.log_artifact(self.run_id, str(f), folder)
             ts = int(time.time() * 1000)
-            _batched(self.client, self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
-                                                        if _finite(v) is not None])
+            log_batched(self.client, self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
+                                                        if finite(v) is not None])
 
     def _on_parent(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(parent_id, ...)``; if a concurrent process merged our parent into its own (deleted
@@ -329,7 +276,7 @@ class Study:
         have = self.client.get_run(self.run_id).data.tags
         tags = [RunTag(f"provenance.{k}", v[:8000]) for k, v in flatten(extra).items()
                 if f"provenance.{k}" not in have]
-        self._on_parent(lambda rid: _batched(self.client, rid, tags=tags))
+        self._on_parent(lambda rid: log_batched(self.client, rid, tags=tags))
         self._attempt_record({"loaded": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     # -- live metrics -----------------------------------------------------------------------
@@ -396,7 +343,7 @@ class Study:
         cond, target, alpha = row.get("condition"), row.get("target"), row.get("alpha")
         plain = child_key(cond, target, alpha)
         key = self._key(plain)
-        with _no_url_printing():
+        with no_url_printing():
             if self._children(self.run_id, key):
                 return None
             _, tgt, a = plain.split("|")
@@ -413,12 +360,14 @@ class Study:
                 params = {"condition": str(cond), "target": tgt, "alpha": a, "n": str(row.get("n", ""))}
                 if self.scorer:
                     params["scorer"] = self.scorer
-                values = {k: _finite(v) for k, v in row.items() if k not in ("condition", "target")}
+                values = {k: finite(v) for k, v in row.items() if k not in ("condition", "target")}
+                if f"p_{tgt}" in row:  # the steering target's probability, one name for every child
+                    values["p_target"] = finite(row[f"p_{tgt}"])
                 metrics = [Metric(k, v, ts, 0) for k, v in values.items() if v is not None]  # alpha: params sort as text
-                _batched(self.client, rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+                log_batched(self.client, rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
                 if rows is not None and len(rows):
-                    _log_table(self.client, rid, rows, "generations.json")
-                    self.client.log_text(rid, _samples(rows, self.sample_texts), "samples.txt")
+                    log_table(self.client, rid, rows, "generations.json")
+                    self.client.log_text(rid, samples_text(rows, self.sample_texts), "samples.txt")
             except BaseException:
                 self.client.set_terminated(rid, "FAILED")
                 raise
@@ -461,13 +410,16 @@ class Study:
     # -- end --------------------------------------------------------------------------------
 
     def finish(self, aggregate: pd.DataFrame | None = None, summary: dict[str, float] | None = None,
-               plots: Sequence[Path] | None = None) -> str:
-        """α-sweep plots (the PNG files ``plots``, or drawn here), the aggregate table and summary
-        metrics on the parent; duplicates merged; status FINISHED. Returns the parent run id."""
+               plots: Sequence[Path] | None = None, scores: pd.DataFrame | None = None) -> str:
+        """α-sweep plots (the PNG files ``plots``, or drawn here), the aggregate table, the α
+        curves as metric histories (:mod:`emoexp.tracking.curves`), the results and the
+        per-response ``scores`` as MLflow tables (``tables/``), and summary metrics on the parent;
+        duplicates merged; status FINISHED. Returns the parent run id."""
         from ..plots import sweep_figures
+        from .curves import curves
 
         assert self.run_id is not None
-        with _no_url_printing():
+        with no_url_printing():
             self._merge_parents()
             for key in {r.data.tags.get("emoexp.child_key") for r in self._children(self.run_id)}:
                 self._dedupe_key(self.run_id, key)
@@ -475,19 +427,42 @@ class Study:
                 self._log_plots(sweep_figures(aggregate) if plots is None else plots)
                 self._on_parent(self.client.log_text, aggregate.to_json(orient="split", index=False),
                                 "aggregate.json")
+                self._on_parent(lambda rid: log_table(self.client, rid, results_table(aggregate), "tables/results.json"))
+                ts = int(time.time() * 1000)
+                points = [Metric(k, v, ts, step) for k, v, step in curves(aggregate)]
+                self._on_parent(lambda rid: log_batched(self.client, rid, metrics=points))
+            if scores is not None and len(scores):
+                self._on_parent(lambda rid: log_table(self.client, rid, scores, "tables/scores.json"))
             if summary:
                 ts = int(time.time() * 1000)
-                metrics = [Metric(k, float(v), ts, self.attempt) for k, v in summary.items() if _finite(v) is not None]
-                self._on_parent(lambda rid: _batched(self.client, rid, metrics=metrics))
+                metrics = [Metric(k, float(v), ts, self.attempt) for k, v in summary.items() if finite(v) is not None]
+                self._on_parent(lambda rid: log_batched(self.client, rid, metrics=metrics))
             self._attempt_record({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self._clear_failure()
             self.client.set_terminated(self.run_id, "FINISHED")
         self._stop_watcher()
         return self.run_id
 
-    def end(self, status: str = "FAILED") -> None:
-        """Mark the run FAILED or KILLED (an error, Ctrl-C, preemption); best effort."""
+    def _clear_failure(self) -> None:
+        """A resumed run that finishes loses an earlier attempt's failure note and tag."""
+        assert self.run_id is not None
+        tags = self.client.get_run(self.run_id).data.tags
+        if "emoexp.failure" in tags:
+            self.client.delete_tag(self.run_id, "emoexp.failure")
+            self.client.set_tag(self.run_id, "mlflow.note.content", _FAILURE.sub("", tags.get("mlflow.note.content", "")))
+
+    def end(self, status: str = "FAILED", reason: str | None = None) -> None:
+        """Mark the run FAILED or KILLED (an error, Ctrl-C, preemption) and say why at the top of
+        its note (tag ``emoexp.failure``: the one-line reason); best effort."""
         if self.run_id is not None:
-            with contextlib.suppress(Exception), _no_url_printing():
+            with contextlib.suppress(Exception), no_url_printing():
+                if reason:
+                    reason = " ".join(str(reason).split())[:500]
+                    note = self.client.get_run(self.run_id).data.tags.get("mlflow.note.content", "")
+                    note = _FAILURE.sub("", note)
+                    self.client.set_tag(self.run_id, "mlflow.note.content",
+                                        f"**{status}** (attempt {self.attempt}): {reason}\n\n{note}")
+                    self.client.set_tag(self.run_id, "emoexp.failure", reason)
                 self.client.set_terminated(self.run_id, status)
         self._stop_watcher()
 
@@ -535,24 +510,15 @@ def log_study(*, experiment: str, config: dict[str, Any], provenance: dict[str, 
     try:
         if ev_path is not None:
             study.log_vectors(ev_path)
-        groups = _by_child(generations)
+        groups = by_child(generations)
         done = study.finished_children()
         for row in aggregate.to_dict(orient="records"):
             key = child_key(row.get("condition"), row.get("target"), row.get("alpha"))
             if key not in done:
                 study.log_child(row, groups.get(key))
-        return study.finish(aggregate)
+        return study.finish(aggregate, scores=generations)
     except BaseException:
         study.end("FAILED")
         raise
 
 
-def _by_child(generations: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
-    """Generation rows grouped by child key (condition|target|alpha)."""
-    if generations is None or not len(generations):
-        return {}
-    n = len(generations)
-    keys = [child_key(c, t, a) for c, t, a in zip(generations["condition"], generations.get("target", [None] * n),
-                                                 generations.get("alpha", [None] * n), strict=True)]
-    return {k: rows.drop(columns="_key").reset_index(drop=True)
-            for k, rows in generations.assign(_key=keys).groupby("_key", sort=False)}

@@ -1,0 +1,68 @@
+"""Screenshots of this project's MLflow store, as docs/mlflow.md shows them: an experiment's runs
+table, and the chart view at one emotion's α curves (every parent of the experiment overlaid).
+
+It starts `mlflow server` on loopback over ./mlruns (the store `emoexp run` writes by default),
+opens the pages in Debian's headless Chromium (`bash scripts/install.sh --browser`) exactly as
+the links emoexp prints, and writes PNG files.
+
+Run: .venv/bin/python scripts/mlflow_screens.py --experiment families --emotion joy --out docs/img
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser driver and the server of the UI test
+
+from browser import chromium, wait_for  # noqa: E402
+from conftest import MlflowServer  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from emoexp.tracking.client import ui_url  # noqa: E402
+
+NO_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+SECTION_JS = """
+const head = [...document.querySelectorAll('body *')].find(e => e.childElementCount === 0 && e.textContent === arguments[0]);
+if (!head) return false;
+head.scrollIntoView({block: 'start'});
+return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length > 0;
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default="families")
+    ap.add_argument("--emotion", default="joy", help="the chart section to show")
+    ap.add_argument("--out", default="docs/img")
+    ap.add_argument("--size", default="1600x1000")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    w, h = (int(x) for x in a.size.split("x"))
+    server = MlflowServer(Path.cwd())
+    try:
+        exp = MlflowClient(server.url).get_experiment_by_name(a.experiment)
+        if exp is None:
+            raise SystemExit(f"mlflow_screens: no experiment {a.experiment!r} in ./mlruns")
+        runs = ui_url(server.url, exp.experiment_id)
+        with chromium((w, h), init_script=NO_ASSISTANT) as d:
+            d.get(runs)
+            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root [role=row]').length"),
+                     "the runs table", ok=lambda n: n and n > 1)
+            d.save_screenshot(str(out / f"mlflow-runs-{a.experiment}.png"))
+            d.get(runs + "&compareRunsMode=CHART")
+            wait_for(d, lambda d: d.execute_script(SECTION_JS, a.emotion), f"the {a.emotion} charts", timeout=60)
+            d.execute_script("return new Promise(r => setTimeout(r, 1500))")  # let plotly finish drawing
+            d.save_screenshot(str(out / f"mlflow-{a.emotion}-curves-{a.experiment}.png"))
+        print(f"wrote {out}/mlflow-runs-{a.experiment}.png and mlflow-{a.emotion}-curves-{a.experiment}.png "
+              f"(pages: {runs})")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
