@@ -62,6 +62,8 @@ def main() -> None:
               f"(pages: {runs})")
     finally:
         server.stop()
+        server.log.close()
+        Path("server.log").unlink(missing_ok=True)  # the server's own log, written beside ./mlruns
 
 
 if __name__ == "__main__":
