@@ -48,7 +48,12 @@ import torch
 from report import DOC, machine, write_section
 
 LIMITS = {"min_topic_ratio": 0.8, "max_rep_ratio": 1.5}
-REPENG_LAYERS = list(range(-5, -18, -1))
+REPENG_LAYERS = list(range(-5, -18, -1))  # its README's layers (of a 32-layer model); all but the first below 18
+
+
+def repeng_layers(n_layers: int) -> list[int]:
+    """repeng's README layers, or every layer but the first on a model too shallow for them."""
+    return REPENG_LAYERS if n_layers >= 18 else list(range(-1, -n_layers, -1))
 
 
 def _numpy_compat() -> None:
@@ -114,7 +119,7 @@ def peer_generations(cfg: Any, grids: dict[str, list[float]]) -> tuple[list[dict
         from repeng import ControlModel, ControlVector, DatasetEntry
 
         t = time.time()
-        cm = ControlModel(model, REPENG_LAYERS)
+        cm = ControlModel(model, repeng_layers(model.config.num_hidden_layers))
         vectors = {e: ControlVector.train(cm, tok, [DatasetEntry(positive=p, negative=n) for p, n in ps],
                                           method="pca_diff")
                    for e, ps in pairs.items()}
@@ -145,6 +150,23 @@ def peer_generations(cfg: Any, grids: dict[str, list[float]]) -> tuple[list[dict
         times["steering-vectors: generation"] = time.time() - t
     bar.close()
     return rows, times
+
+
+def generate_and_score(cfg: Any, grids: dict[str, list[float]], scorer: str) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The peers' replies (and unsteered ones) scored by ``scorer`` (a ``name@hash`` identity)."""
+    from emoexp import score
+
+    rows, times = peer_generations(cfg, grids)
+    gens = pd.DataFrame(rows)
+    t = time.time()
+    scores = score(list(gens["response"]), list(gens["query"]),
+                   [None if c == "unsteered" else tg for c, tg in zip(gens["condition"], gens["target"])],
+                   metrics=["eps", "topic", "repetition"], backend={"preset": "offline", "eps": scorer.split("@")[0]})
+    times["scoring"] = time.time() - t
+    scored = pd.concat([gens, scores], axis=1)
+    scored = scored.loc[:, ~scored.columns.duplicated()]
+    scored["scorer"] = scorer
+    return scored, times
 
 
 def best_gains(table: pd.DataFrame, emotions: list[str], n_boot: int = 1000) -> dict[str, Any]:
@@ -192,39 +214,37 @@ def main() -> None:
                     help="steering-vectors multipliers (its vectors are raw mean differences at every layer)")
     ap.add_argument("--save", default="outputs/peers", help="folder for the generations and scores")
     ap.add_argument("--out", default=str(DOC))
+    ap.add_argument("--report_only", action="store_true", help="rewrite the table from --save's replies and scores")
     args = ap.parse_args()
     torch.manual_seed(0)
-
-    from emoexp import score
-
     runs = [(Path(r), *load_run(Path(r))) for r in args.runs]
     cfg = runs[0][1]
     emotions = list(cfg.generate.targets)
-    grids = {k: v for k, v in (("repeng", args.repeng), ("steering-vectors", args.sv)) if v}
-    t0 = time.time()
-    rows, times = peer_generations(cfg, grids)
     scorers = sorted({s for _, _, tab in runs for s in tab["scorer"].dropna().unique()})
     if len(scorers) != 1:
         raise SystemExit(f"peers: the runs were scored by {scorers}; re-score them with one scorer first "
                          "(emoexp evaluate <folder> --eps <name>)")
-    eps = scorers[0].split("@")[0]
-    gens = pd.DataFrame(rows)
-    t = time.time()
-    scores = score(list(gens["response"]), list(gens["query"]),
-                   [None if c == "unsteered" else tg for c, tg in zip(gens["condition"], gens["target"])],
-                   metrics=["eps", "topic", "repetition"], backend={"preset": "offline", "eps": eps})
-    times["scoring"] = time.time() - t
-    scored = pd.concat([gens, scores], axis=1)
-    scored = scored.loc[:, ~scored.columns.duplicated()]
-    scored["scorer"] = scorers[0]
     save = Path(args.save)
-    save.mkdir(parents=True, exist_ok=True)
-    scored.to_json(save / "scores.jsonl", orient="records", lines=True, force_ascii=False)
+    t0 = time.time()
+    if args.report_only:  # the table again from the saved replies and scores
+        scored = pd.read_json(save / "scores.jsonl", lines=True)
+        old = save / "results.json"
+        times = json.loads(old.read_text())["times"] if old.is_file() else {}
+        grids = {m: sorted(g["alpha"].unique()) for m, g in scored[scored["condition"] == "steered"].groupby("method")}
+    else:
+        grids = {k: v for k, v in (("repeng", args.repeng), ("steering-vectors", args.sv)) if v}
+        scored, times = generate_and_score(cfg, grids, scorers[0])
+        save.mkdir(parents=True, exist_ok=True)
+        scored.to_json(save / "scores.jsonl", orient="records", lines=True, force_ascii=False)
 
     # The unsteered replies regenerated here must be the runs' own (same model, prompts, greedy).
     unst = scored[scored["condition"] == "unsteered"].set_index("id")["response"]
     same = {str(folder): int((tab[tab["condition"] == "unsteered"].set_index("id")["response"]
                              .reindex(unst.index) == unst).sum()) for folder, _, tab in runs}
+    # A peer whose hooks did nothing would tie unsteered everywhere: how many replies its largest setting changed.
+    changed = {peer: float((scored[(scored["method"] == peer) & (scored["alpha"] == max(grid))].set_index("id")
+                            .groupby("target")["response"].apply(lambda r: (r != unst.reindex(r.index)).mean())).mean())
+               for peer, grid in grids.items()}
     results: dict[str, dict[str, Any]] = {}
     for folder, rcfg, tab in runs:
         name = "emoexp (centred)" if rcfg.generate.centre else "emoexp"
@@ -232,7 +252,9 @@ def main() -> None:
     for peer in grids:
         results[peer] = best_gains(pd.concat([scored[scored["condition"] == "unsteered"],
                                               scored[scored["method"] == peer]]), emotions)
-    times["total"] = time.time() - t0
+    if not args.report_only:
+        times["generation and scoring"] = time.time() - t0
+    made = (save / "scores.jsonl").stat().st_mtime  # when the replies were generated and scored
 
     units = {"repeng": "c", "steering-vectors": "×"}
     names = list(results)
@@ -245,20 +267,24 @@ def main() -> None:
     n_q = len(unst)
     section = (
         f"## Peers: the same EmotionQuery work, the same scorer\n\n"
-        f"Machine: {machine()}. Measured {time.strftime('%Y-%m-%d %H:%M')} with "
-        f"`python benchmarks/peers.py {' '.join(args.runs)}` ({times['total'] / 60:.0f} min).\n\n"
+        f"Machine: {machine()}. Measured {time.strftime('%Y-%m-%d %H:%M', time.localtime(made))} with "
+        f"`python benchmarks/peers.py {' '.join(args.runs)}` "
+        f"({times.get('generation and scoring', times.get('total', 0)) / 60:.0f} min, other jobs sharing the 2 cores).\n\n"
         f"Model `{cfg.model}`; vectors from {cfg.extract.limit} EmotionQuery queries per emotion "
         f"({cfg.conditioning} conditioning); replies to {n_q} EmotionQuery+ queries, greedy, "
         f"{cfg.max_new_tokens} new tokens; scorer `{scorers[0]}`. Best gain of P(target) over unsteered "
         f"within topic ≥ 0.8× and repetition ≤ 1.5× unsteered, with a 95% bootstrap CI over queries "
         f"(grid point in brackets; grids: {grid_text}). Mean: over the five emotions, `none` counted as 0.\n\n"
         + "\n".join(table) + "\n\n"
+        "Replies changed by each peer's largest setting: "
+        + ", ".join(f"{p} {v:.0%}" for p, v in changed.items()) + ". "
         "Unsteered replies regenerated here equal the runs' own: "
         + ", ".join(f"{v}/{n_q} ({Path(k).name})" for k, v in same.items()) + ". Seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + ".\n")
     print(section)
     write_section(args.out, "## Peers:", section)
     (save / "results.json").write_text(json.dumps({"results": results, "times": times, "same_unsteered": same,
+                                                   "changed_at_largest": changed,
                                                    "grids": grids, "scorer": scorers[0]}, indent=2,
                                                   default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
 

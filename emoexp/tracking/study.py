@@ -350,7 +350,7 @@ class Study:
             tags = {"mlflow.parentRunId": self.run_id, "emoexp.kind": "child", "emoexp.child_key": key,
                     "condition": str(cond), "target": tgt, "alpha": a, "config_hash": self.hash,
                     "model_id": self.label}
-            name = str(cond) + ("" if tgt == "none" else f" {tgt}") + ("" if a == "none" else f" a={a}")
+            name = str(cond) + ("" if tgt == "none" else f" {tgt}") + ("" if a == "none" else f" α={a}")
             if self.scorer:
                 tags["emoexp.scorer"] = self.scorer
                 name += f" · {self.scorer.split('@')[0]}"
