@@ -1,4 +1,5 @@
-"""Reading studies back from MLflow (search_runs only): the rows behind ``emoexp compare``.
+"""Reading studies back from MLflow (search_runs only): the rows behind ``emoexp compare``, and
+the searches that refuse a run whose parent was moved (renamed experiment) or deleted.
 
 Example:
     >>> load_children(["paper"])[["model", "condition", "target", "alpha", "intensity"]]  # doctest: +SKIP
@@ -16,7 +17,7 @@ from .store import TrackingError, check_store
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load_children", "search_all"]
+__all__ = ["load_children", "refuse_if_deleted", "refuse_if_elsewhere", "search_all"]
 
 
 def search_all(client: MlflowClient, exp_ids: list[str], filter_string: str) -> list[Any]:
@@ -88,3 +89,40 @@ def load_children(experiments: Sequence[str], uri: str | None = None, scorer: st
                 .drop_duplicates(["parent_run_id", "condition", "target", "alpha", "scorer"], keep="last")
                 .reset_index(drop=True))
     return df
+
+
+def refuse_if_elsewhere(client: MlflowClient, experiment: str, identity: str) -> None:
+    """Raise if the parent of ``identity`` sits in another experiment than ``experiment`` (which
+    does not exist: it was renamed), rather than start a second study under the old name.
+
+    Raises:
+        TrackingError: naming the experiment that holds the parent.
+    """
+    from mlflow.entities import ViewType
+
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    for chunk in (ids[i:i + 100] for i in range(0, len(ids), 100)):
+        hits = search_all(client, chunk, f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{identity}'")
+        if hits:
+            name = client.get_experiment(hits[0].info.experiment_id).name
+            raise TrackingError(f"MLflow experiment {experiment!r} does not exist, but this run's parent "
+                                f"{hits[0].info.run_id} is in experiment {name!r} (renamed?): rerun with "
+                                f"--experiment {name!r}, or rename it back")
+
+
+def refuse_if_deleted(client: MlflowClient, exp_id: str, experiment: str, identity: str) -> None:
+    """Raise if the parent of ``identity`` was deleted (MLflow's trash): restoring it resumes into
+    it; a new parent beside a deleted one would split the study.
+
+    Raises:
+        TrackingError: with the commands that restore it or remove it for good.
+    """
+    from mlflow.entities import ViewType
+
+    page = client.search_runs([exp_id], f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{identity}'",
+                              run_view_type=ViewType.DELETED_ONLY, max_results=1)
+    if page:
+        rid = page[0].info.run_id
+        raise TrackingError(f"this run's MLflow parent {rid} in experiment {experiment!r} is deleted: restore it to "
+                            f"resume into it (`mlflow runs restore --run-id {rid}`), or remove it for good "
+                            f"(`mlflow gc --backend-store-uri <store> --run-ids {rid}`) to start a new one")

@@ -69,7 +69,7 @@ from .meta import (
     results_table,
     samples_text,
 )
-from .read import search_all
+from .read import refuse_if_deleted, refuse_if_elsewhere, search_all
 from .store import TrackingError, check_store
 
 if TYPE_CHECKING:
@@ -146,11 +146,11 @@ class Study:
         provenance (first attempt), config, datasets. Returns the parent run id."""
         with no_url_printing():
             if self.client.get_experiment_by_name(self.experiment) is None:
-                self._refuse_if_elsewhere()
+                refuse_if_elsewhere(self.client, self.experiment, self.hash)
             self.exp_id = experiment_id(self.client, self.experiment, self.uri)
             found = self._parents()
             if not found:
-                self._refuse_if_deleted()
+                refuse_if_deleted(self.client, self.exp_id, self.experiment, self.hash)
                 tags = {"emoexp.kind": "parent", "config_hash": self.hash, "model_id": self.label,
                         "emoexp.run_label": self.name,
                         "mlflow.note.content": parent_note(self.label, self.hash, self.provenance)}
@@ -184,34 +184,6 @@ class Study:
         if self.watch:
             self._start_watcher()
         return self.run_id
-
-    def _refuse_if_elsewhere(self) -> None:
-        """This identity's parent sits in another experiment (the experiment was renamed): say
-        where, rather than start a second parent in a new experiment of the old name."""
-        from mlflow.entities import ViewType
-
-        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-        for chunk in (ids[i:i + 100] for i in range(0, len(ids), 100)):
-            hits = search_all(self.client, chunk, f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{self.hash}'")
-            if hits:
-                name = self.client.get_experiment(hits[0].info.experiment_id).name
-                raise TrackingError(f"MLflow experiment {self.experiment!r} does not exist, but this run's parent "
-                                    f"{hits[0].info.run_id} is in experiment {name!r} (renamed?): rerun with "
-                                    f"--experiment {name!r}, or rename it back")
-
-    def _refuse_if_deleted(self) -> None:
-        """This identity's parent was deleted (it is in MLflow's trash): restoring resumes into it;
-        a new parent beside a deleted one would split the study."""
-        from mlflow.entities import ViewType
-
-        assert self.exp_id is not None
-        page = self.client.search_runs([self.exp_id], f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{self.hash}'",
-                                       run_view_type=ViewType.DELETED_ONLY, max_results=1)
-        if page:
-            rid = page[0].info.run_id
-            raise TrackingError(f"this run's MLflow parent {rid} in experiment {self.experiment!r} is deleted: restore "
-                                f"it to resume into it (`mlflow runs restore --run-id {rid}`), or remove it for good "
-                                f"(`mlflow gc --backend-store-uri <store> --run-ids {rid}`) to start a new one")
 
     def attach(self) -> str:
         """Use this identity's existing parent as it is (no params, status or attempt change),
