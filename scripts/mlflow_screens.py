@@ -51,8 +51,9 @@ def main() -> None:
         runs = ui_url(server.url, exp.experiment_id)
         with chromium((w, h), init_script=NO_ASSISTANT) as d:
             d.get(runs)
-            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root [role=row]').length"),
-                     "the runs table", ok=lambda n: n and n > 1)
+            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"),
+                     "the runs table's rows", ok=lambda n: bool(n), timeout=60)
+            d.execute_script("return new Promise(r => setTimeout(r, 1000))")
             d.save_screenshot(str(out / f"mlflow-runs-{a.experiment}.png"))
             d.get(runs + "&compareRunsMode=CHART")
             wait_for(d, lambda d: d.execute_script(SECTION_JS, a.emotion), f"the {a.emotion} charts", timeout=60)
