@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the browser driver and the server of the UI test
 
-from browser import chromium, wait_for  # noqa: E402
-from conftest import MlflowServer  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from browser import chromium, wait_for
+from conftest import MlflowServer
+from mlflow.tracking import MlflowClient
 
-from emoexp.tracking.client import ui_url  # noqa: E402
+from emoexp.tracking.client import ui_url
 
 NO_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
                 "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")

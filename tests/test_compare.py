@@ -4,7 +4,6 @@ against the metrics that were logged (the fake studies of test_tracking)."""
 from __future__ import annotations
 
 import math
-
 import re
 from pathlib import Path
 from typing import Any
