@@ -398,7 +398,7 @@ def test_a_renamed_experiment_or_a_deleted_parent_is_one_line_and_logs_nothing(t
     first.finish()
     exp_id = client.get_experiment_by_name("named").experiment_id
     client.rename_experiment(exp_id, "renamed")
-    with pytest.raises(TrackingError, match=f"parent {pid} is in experiment 'renamed' \\(renamed\\?\\): rerun with "
+    with pytest.raises(TrackingError, match="experiment 'named' was renamed to 'renamed': rerun with "
                                             "--experiment 'renamed'") as e:
         study().start()
     assert "\n" not in str(e.value)
@@ -412,3 +412,21 @@ def test_a_renamed_experiment_or_a_deleted_parent_is_one_line_and_logs_nothing(t
     again = study()
     assert again.start() == pid and again.attempt == 2  # restored: resumes into it
     again.finish()
+
+
+def test_experiments_get_the_model_training_kind_and_a_chosen_kind_is_kept(tmp_path: Path) -> None:
+    from emoexp.tracking import Study
+
+    uri = check_store(tracking_uri(tmp_path))
+    client = MlflowClient(uri)
+    old = client.create_experiment("made-before-kinds")  # as emoexp made them before it set kinds
+    mine = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("made-before-kinds", "chosen", "new"):
+        s = Study(name, "k" * 16, {"model": "m"}, {"model_id": "m"}, uri=uri, watch=False)
+        s.start()
+        assert s.ui_url().endswith(f"/#/experiments/{s.exp_id}/runs?workflowType=machine_learning")
+        s.finish()
+    kind = "mlflow.experimentKind"
+    assert client.get_experiment(old).tags[kind] == "custom_model_development"
+    assert client.get_experiment(mine).tags[kind] == "genai_development"
+    assert client.get_experiment_by_name("new").tags[kind] == "custom_model_development"

@@ -24,7 +24,7 @@ from .store import TrackingError, artifact_root
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["KIND", "dataset_inputs", "experiment_id", "log_batched", "log_table", "no_url_printing", "require_rank_zero",
+__all__ = ["CREATED_AS", "KIND", "dataset_inputs", "experiment_id", "log_batched", "log_table", "no_url_printing", "require_rank_zero",
            "retry_locked", "ui_url"]
 
 _RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
@@ -77,11 +77,13 @@ def log_batched(client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (
 #: MLflow 3's experiment kind (tag ``mlflow.experimentKind``): emoexp's studies are model
 #: development, not GenAI traces. MLflow 3.17's UI does not route by it yet (see :func:`ui_url`).
 KIND = ("mlflow.experimentKind", "custom_model_development")
+#: The experiment's name when emoexp created it (a rename in the UI is then recognised).
+CREATED_AS = "emoexp.created_as"
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if absent (with its artifact folder and :data:`KIND`);
-    an existing one without a kind gets it.
+    """The id of experiment ``name``, created if absent (with its artifact folder, :data:`KIND` and
+    :data:`CREATED_AS`); an existing one without those tags gets them.
 
     Raises:
         TrackingError: the experiment is deleted.
@@ -92,7 +94,8 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60] or "experiment"
         location = f"{root}/{slug}-{config_hash({'experiment': name})[:8]}" if root else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags=dict([KIND]))
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={KIND[0]: KIND[1], CREATED_AS: name})
         except MlflowException:  # created meanwhile by a concurrent process
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -100,9 +103,10 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it with `mlflow experiments restore "
                             f"--experiment-id {exp.experiment_id}` or choose another experiment name")
-    if KIND[0] not in exp.tags:  # one emoexp made before it set kinds; a user's own choice is kept
-        with contextlib.suppress(MlflowException):
-            client.set_experiment_tag(exp.experiment_id, *KIND)
+    for key, value in ((KIND[0], KIND[1]), (CREATED_AS, name)):  # made before these tags; a user's kind is kept
+        if key not in exp.tags:
+            with contextlib.suppress(MlflowException):
+                client.set_experiment_tag(exp.experiment_id, key, value)
     return str(exp.experiment_id)
 
 

@@ -91,23 +91,24 @@ def load_children(experiments: Sequence[str], uri: str | None = None, scorer: st
     return df
 
 
-def refuse_if_elsewhere(client: MlflowClient, experiment: str, identity: str) -> None:
-    """Raise if the parent of ``identity`` sits in another experiment than ``experiment`` (which
-    does not exist: it was renamed), rather than start a second study under the old name.
+def refuse_if_elsewhere(client: MlflowClient, experiment: str) -> None:
+    """Raise if the experiment emoexp created as ``experiment`` now has another name (renamed in
+    the UI; tag ``emoexp.created_as``), rather than start a second study under the old name. (A
+    new experiment name for an identity logged elsewhere is fine: the same run in a new study.)
 
     Raises:
-        TrackingError: naming the experiment that holds the parent.
+        TrackingError: naming the experiment's new name.
     """
     from mlflow.entities import ViewType
 
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    for chunk in (ids[i:i + 100] for i in range(0, len(ids), 100)):
-        hits = search_all(client, chunk, f"tags.`emoexp.kind` = 'parent' and tags.config_hash = '{identity}'")
-        if hits:
-            name = client.get_experiment(hits[0].info.experiment_id).name
-            raise TrackingError(f"MLflow experiment {experiment!r} does not exist, but this run's parent "
-                                f"{hits[0].info.run_id} is in experiment {name!r} (renamed?): rerun with "
-                                f"--experiment {name!r}, or rename it back")
+    if "'" in experiment:
+        return
+    found = client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
+                                      filter_string=f"tags.`emoexp.created_as` = '{experiment}'")
+    moved = [e for e in found if e.name != experiment]
+    if moved:
+        raise TrackingError(f"MLflow experiment {experiment!r} was renamed to {moved[0].name!r}: rerun with "
+                            f"--experiment {moved[0].name!r}, or rename it back")
 
 
 def refuse_if_deleted(client: MlflowClient, exp_id: str, experiment: str, identity: str) -> None:

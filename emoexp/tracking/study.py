@@ -146,7 +146,7 @@ class Study:
         provenance (first attempt), config, datasets. Returns the parent run id."""
         with no_url_printing():
             if self.client.get_experiment_by_name(self.experiment) is None:
-                refuse_if_elsewhere(self.client, self.experiment, self.hash)
+                refuse_if_elsewhere(self.client, self.experiment)
             self.exp_id = experiment_id(self.client, self.experiment, self.uri)
             found = self._parents()
             if not found:
