@@ -123,9 +123,12 @@ def ui_url(uri: str, exp_id: str, run_id: str | None = None) -> str:
 
 
 def log_table(client: MlflowClient, run_id: str, df: pd.DataFrame, path: str) -> None:
+    """``df`` as the MLflow table ``path`` of ``run_id``, retried when another process logging
+    to the same run inserts MLflow's ``mlflow.loggedArtifacts`` tag first (two hosts finishing
+    one study at once: UNIQUE constraint failed)."""
     with warnings.catch_warnings():  # MLflow's own select_dtypes call warns under pandas 3
         warnings.filterwarnings("ignore", message=".*select_dtypes.*")
-        client.log_table(run_id, df, path)
+        retry_locked(client.log_table, run_id, df, path)
 
 
 def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
