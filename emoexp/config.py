@@ -45,7 +45,6 @@ from .config_parsing import (
     to_dict,
     unique,
 )
-from .fingerprint import NOT_RESULT_SHAPING
 from .vocab import (
     DEFAULT_CONDITIONS,
     EMOTIONS,
@@ -78,7 +77,6 @@ __all__ = [
     "GenerateOptions",
     "RunConfig",
     "build_parser",
-    "changes",
     "dump",
     "from_dict",
     "load_yaml",
@@ -399,39 +397,3 @@ class RunConfig(Common):
         """The generation stage's config (common fields + ``generate``)."""
         return GenerateConfig(**self._common(), **dataclasses.asdict(self.generate), vectors=vectors, out=out)
 
-
-#: Left out of a run's name (:func:`changes`): what does not shape results (but ``limit``, which
-#: stands for the stage limits it sets), the model (the name starts with it) and the accelerator.
-_NOT_NAMED = (*(f for f in NOT_RESULT_SHAPING if f != "limit"), "model", "accelerator")
-
-
-def changes(cfg: RunConfig) -> list[str]:
-    """The result-shaping fields of ``cfg`` that differ from the main job's, as short words for a
-    run's name: ``["centre", "limit 4", "alphas -1,1,8"]`` (a field's last name, or its full name
-    where two sections share it, and its value;
-    ``centre`` / ``no pool_entries`` for switches; the stage limits that ``limit`` sets are not
-    repeated).
-
-    Example:
-        >>> changes(RunConfig(limit=4, generate={"centre": True}))
-        ['limit 4', 'centre']
-    """
-    from .tracking.meta import flatten
-
-    base = RunConfig(limit=cfg.limit)  # the stage limits that ``limit`` implies count as defaults
-    mine, default = flatten(to_dict(cfg)), flatten(to_dict(base))
-    if cfg.limit is not None:
-        default["limit"] = "None"
-    last = [k.rsplit(".", 1)[-1] for k in mine]
-    words = []
-    for key, value in mine.items():
-        if key.split(".")[0] in _NOT_NAMED or value == default.get(key):
-            continue
-        name = key.rsplit(".", 1)[-1]
-        name = key if last.count(name) > 1 else name  # extract.limit / generate.limit, not "limit" twice
-        if value in ("True", "False"):
-            words.append(name if value == "True" else f"no {name}")
-            continue
-        text = re.sub(r"(?<=\d)\.0(?=\D|$)", "", value.strip("[]").replace(", ", ",").replace('"', ""))
-        words.append(f"{name} {text[:24] + '…' if len(text) > 25 else text}")
-    return words

@@ -19,7 +19,6 @@ from emoexp.config import (
     GenerateOptions,
     RunConfig,
     build_parser,
-    changes,
     dump,
     from_dict,
     load_yaml,
@@ -169,4 +168,6 @@ def test_a_refused_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
      ["extract.site mlp", "generate.site mlp"]),
 ])
 def test_run_names_say_what_differs_from_the_main_job(kwargs, words):
+    from emoexp.recipes.run import changes
+
     assert changes(RunConfig(**kwargs)) == words

@@ -23,17 +23,18 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, changes, to_dict
-from ..fingerprint import result_identity
+from ..config import RunConfig, to_dict
+from ..fingerprint import NOT_RESULT_SHAPING, result_identity
 from ..redact import log
 from ..workdir import slug
 
-__all__ = ["Args", "RunJob", "main", "prepare", "results_table", "run", "slug"]
+__all__ = ["Args", "RunJob", "changes", "main", "prepare", "results_table", "run", "slug"]
 
 Args = RunConfig
 
@@ -349,3 +350,39 @@ def results_table(agg: Any) -> str:
         parts += ["", table.to_markdown(index=False, floatfmt=".3f")]
     return "\n".join(parts)
 
+
+#: Left out of a run's name (:func:`changes`): what does not shape results (but ``limit``, which
+#: stands for the stage limits it sets), the model (the name starts with it) and the accelerator.
+_NOT_NAMED = (*(f for f in NOT_RESULT_SHAPING if f != "limit"), "model", "accelerator")
+
+
+def changes(cfg: RunConfig) -> list[str]:
+    """The result-shaping fields of ``cfg`` that differ from the main job's, as short words for a
+    run's name: ``["centre", "limit 4", "alphas -1,1,8"]`` (a field's last name, or its full name
+    where two sections share it, and its value;
+    ``centre`` / ``no pool_entries`` for switches; the stage limits that ``limit`` sets are not
+    repeated).
+
+    Example:
+        >>> changes(RunConfig(limit=4, generate={"centre": True}))
+        ['limit 4', 'centre']
+    """
+    from ..tracking.meta import flatten
+
+    base = RunConfig(limit=cfg.limit)  # the stage limits that ``limit`` implies count as defaults
+    mine, default = flatten(to_dict(cfg)), flatten(to_dict(base))
+    if cfg.limit is not None:
+        default["limit"] = "None"
+    last = [k.rsplit(".", 1)[-1] for k in mine]
+    words = []
+    for key, value in mine.items():
+        if key.split(".")[0] in _NOT_NAMED or value == default.get(key):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        name = key if last.count(name) > 1 else name  # extract.limit / generate.limit, not "limit" twice
+        if value in ("True", "False"):
+            words.append(name if value == "True" else f"no {name}")
+            continue
+        text = re.sub(r"(?<=\d)\.0(?=\D|$)", "", value.strip("[]").replace(", ", ",").replace('"', ""))
+        words.append(f"{name} {text[:24] + '…' if len(text) > 25 else text}")
+    return words
