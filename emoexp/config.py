@@ -56,6 +56,7 @@ from .vocab import (
     Condition,
     Dtype,
     Emotion,
+    Engine,
     Method,
     Metric,
     Positions,
@@ -192,7 +193,26 @@ class Common:
 
 
 @dataclass
-class ExtractOptions:
+class EngineOptions:
+    """Which engine generates (extraction's responses and the steered grid)."""
+
+    engine: Engine = "transformers"
+    """transformers (generate + hooks) or vllm (steering inside vLLM's graph; install: scripts/install.sh --vllm)."""
+    tensor_parallel_size: PositiveInt = 1
+    """vllm: GPUs (or CPU workers) one model is split over by tensor parallelism."""
+    pipeline_parallel_size: PositiveInt = 1
+    """vllm: pipeline stages one model is split over."""
+    vllm_eager: bool = False
+    """vllm: run without its compiled graph (starts in seconds instead of a minute; decodes slower)."""
+
+    def _engine_checks(self) -> None:
+        if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
+            raise ConfigError("tensor_parallel_size/pipeline_parallel_size: need engine=vllm (the transformers engine "
+                              "holds the whole model on each device; use devices to shard queries)")
+
+
+@dataclass
+class ExtractOptions(EngineOptions):
     """What the emotion vectors are extracted from, and how."""
 
     data: str = "emotionquery"
@@ -219,10 +239,13 @@ class ExtractOptions:
 
     def _checks(self) -> None:
         unique(self.emotions, "emotions")
+        self._engine_checks()
+        if self.engine == "vllm" and self.capture == "decode":
+            self.capture = "forward"  # vLLM writes the replies; one teacher-forced pass reads the activations
 
 
 @dataclass
-class GenerateOptions:
+class GenerateOptions(EngineOptions):
     """The steered-generation grid: targets x alphas x conditions."""
 
     data: str = "emotionquery_plus"
@@ -285,6 +308,10 @@ class GenerateOptions:
                 parse_target(t)
             except ConfigError as e:
                 raise ConfigError(f"targets: {e}") from None
+        self._engine_checks()
+        if self.engine == "vllm" and self.compile is not None:
+            raise ConfigError("compile: the transformers fast path; vLLM compiles its own graph (vllm_eager: true "
+                              "to switch that off)")
         if self.compile is not None and self.positions != "all":
             raise ConfigError("compile: steers through output-projection biases, which act at every position: "
                               "it needs positions=all")

@@ -119,8 +119,13 @@ def extract_batch(
     capture: str = "decode",
     on_step: Any = None,
     stop_ids: Sequence[int] = (),
+    responses: Any = None,
 ) -> tuple[dict[str, ActivationSums], list[dict[str, Any]]]:
     """Generate the batch's responses and capture their activations.
+
+    ``responses(prompts)``, when given, writes the replies instead (another engine, e.g. vLLM:
+    a list of :class:`~emoexp.generation.Generated`); the activations are then read in one
+    teacher-forced pass (``capture="forward"``).
 
     Returns:
         Sums per item key and one JSON-able row per item.
@@ -131,6 +136,8 @@ def extract_batch(
     groups = torch.tensor([keys.index(it.key) for it in items])
     if capture == "decode" and getattr(model.generation_config, "forced_eos_token_id", None) is not None:
         capture = "forward"  # a forced stop token at the limit would move with feed_last; the forward pass is exact
+    if responses is not None:
+        capture = "forward"
     if capture == "decode":
         _, prompt_mask = left_pad(prompts, pad, device)
         stops = sorted(set(eos_ids(model, tok)) | set(stop_ids))
@@ -140,8 +147,8 @@ def extract_batch(
                             on_step=on_step, stop_ids=stop_ids)
         sums = cap.groups(groups, len(keys))
     elif capture == "forward":
-        gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, on_step=on_step,
-                        stop_ids=stop_ids)
+        gens = responses(prompts) if responses is not None else generate(
+            model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed, on_step=on_step, stop_ids=stop_ids)
         ids, mask, width = capture_batch(prompts, [g.response_ids for g in gens], pad, device)
         sums = capture_groups(model, ids, mask, scope_mask(mask, width, scope), groups, len(keys), site=site,
                               layers_path=layers_path)

@@ -131,8 +131,12 @@ def folder_sha256(folder: str | Path, patterns: Iterable[str] = MODEL_FILES) -> 
 
 
 #: Config fields that do not shape results: where outputs go, how many processes, logging.
-NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "out", "out_dir", "limit", "mlflow", "experiment",
+NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "tensor_parallel_size", "pipeline_parallel_size", "out", "out_dir", "limit", "mlflow", "experiment",
                       "vectors", "evs_dir")
+
+#: Fields added after results were first logged: left out of the identity at these values, so results made
+#: before they existed keep their identity (resume, MLflow parent).
+OMITTED_AT_DEFAULT = {"engine": "transformers", "vllm_eager": False}
 
 
 def result_identity(cfg: Any, inputs: dict[str, str] | None = None,
@@ -146,7 +150,8 @@ def result_identity(cfg: Any, inputs: dict[str, str] | None = None,
         >>> a["sha"] == result_identity(ExtractConfig(devices=4), {"data": "abc"})["sha"]
         True
     """
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
+    d = {k: v for k, v in dataclasses.asdict(cfg).items()
+         if k not in exclude and not (k in OMITTED_AT_DEFAULT and v == OMITTED_AT_DEFAULT[k])}
     ident = {"fields": json.loads(json.dumps(d, sort_keys=True, default=str)), "inputs": dict(inputs or {})}
     blob = json.dumps(ident, sort_keys=True)
     return {**ident, "sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}

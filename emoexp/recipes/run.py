@@ -172,8 +172,17 @@ def _worker(fabric: Any, job: RunJob) -> None:
     rank0 = fabric.global_rank == 0
     t0 = time.time()
     model, tok = load_on_device(fabric, cfg)
+    engine, engine_cfg = None, job.generate.cfg if job.generate.cfg.engine == "vllm" else job.extract.cfg
+    if engine_cfg.engine == "vllm":  # one vLLM engine serves both stages (extraction's rows are unsteered)
+        from ..engines import build_vllm
+
+        engine = build_vllm(engine_cfg, job.info, site=cfg.generate.site or cfg.extract.site,
+                            layers=cfg.generate.layers, probe=job.extract.prompts[0])
     if study is not None:
-        study.add_provenance(describe(model, tok, cfg.model, cfg.revision, job.info))
+        from ..engines import engine_tag
+
+        study.add_provenance({**describe(model, tok, cfg.model, cfg.revision, job.info),
+                              "engine_extract": engine_tag(job.extract.cfg), "engine_generate": engine_tag(job.generate.cfg)})
     ej = job.extract
     if fabric.broadcast(WorkDir(ej.out).claim(ej.identity) == "complete", src=0):  # every rank decides alike
         if rank0:
@@ -181,7 +190,8 @@ def _worker(fabric: Any, job: RunJob) -> None:
     else:
         if rank0:
             log(f"extract: {len(ej.queries)} queries x 2 conditions = {len(ej.items)} responses, batch {cfg.batch_size}")
-        extract.run_stage(fabric, ej, model, _progress(study, "extract"))
+        extract.run_stage(fabric, ej, model, _progress(study, "extract"),
+                          engine=engine if ej.cfg.engine == "vllm" else None)
     if job.ev_lock is not None:
         job.ev_lock.close()  # other runs waiting for these vectors may go on
     t1 = time.time()
@@ -192,7 +202,8 @@ def _worker(fabric: Any, job: RunJob) -> None:
     else:
         if rank0:
             log(f"generate: {gj.describe()}, batch {cfg.batch_size}")
-        generate.run_stage(fabric, gj, model, _progress(study, "generate"))
+        generate.run_stage(fabric, gj, model, _progress(study, "generate"),
+                           engine=engine if gj.cfg.engine == "vllm" else None)
     t2 = time.time()
     if rank0:
         if study is not None:
