@@ -58,6 +58,7 @@ class Job:
     num_nodes: int
     accelerator: str
     extra: list[str]
+    gpus_per_rank: int = 1  # engine=vllm: tensor_parallel_size x pipeline_parallel_size GPUs under each rank
 
 
 def template_dir() -> Path:
@@ -82,8 +83,10 @@ def _template_file(name: str) -> Path:
     raise SubmitError(f"unknown template {name!r}: use one of {', '.join(TEMPLATES)} or a path to a template file")
 
 
-def _stage_resources(stage: str, config: Path, extra: list[str]) -> tuple[int, int, str]:
-    """``(devices, num_nodes, accelerator)`` of one config, validated by the stage's dataclass."""
+def _stage_resources(stage: str, config: Path, extra: list[str]) -> tuple[int, int, str, int]:
+    """``(devices, num_nodes, accelerator, gpus per rank)`` of one config, validated by the stage's dataclass.
+    A rank whose vLLM engine splits the model over ``tensor_parallel_size x pipeline_parallel_size``
+    GPUs needs that many."""
     from . import config as c
     from .recipes import sweep
 
@@ -97,7 +100,10 @@ def _stage_resources(stage: str, config: Path, extra: list[str]) -> tuple[int, i
         cfg: Any = sweep.parse_args(argv) if stage == "sweep" else c.parse(classes[stage], argv)
     except c.ConfigError as e:
         raise SubmitError(str(e) if str(config) in str(e) else f"{config}: {e}") from e
-    return int(cfg.devices), int(cfg.num_nodes), str(cfg.accelerator)
+    engines = [x for x in (cfg, getattr(cfg, "extract", None), getattr(cfg, "generate", None))
+               if getattr(x, "engine", None) == "vllm"]
+    per_rank = max((x.tensor_parallel_size * x.pipeline_parallel_size for x in engines), default=1)
+    return int(cfg.devices), int(cfg.num_nodes), str(cfg.accelerator), per_rank
 
 
 def plan(stage: str, configs: list[str], template: str | None = None, extra: list[str] | None = None) -> Job:
@@ -119,10 +125,10 @@ def plan(stage: str, configs: list[str], template: str | None = None, extra: lis
     resources = {p: _stage_resources(stage, p, extra) for p in paths}
     distinct = set(resources.values())
     if len(distinct) > 1:
-        listing = "; ".join(f"{p.name}: devices={d} num_nodes={n} accelerator={a}"
-                            for p, (d, n, a) in resources.items())
+        listing = "; ".join(f"{p.name}: devices={d} num_nodes={n} accelerator={a} gpus per rank={g}"
+                            for p, (d, n, a, g) in resources.items())
         raise SubmitError(f"one job array needs the same devices/num_nodes/accelerator in every config ({listing})")
-    devices, num_nodes, accelerator = distinct.pop()
+    devices, num_nodes, accelerator, per_rank = distinct.pop()
     if devices < 1 or num_nodes < 1:
         raise SubmitError(f"devices and num_nodes must be >= 1, got devices={devices} num_nodes={num_nodes}")
     if template is None:
@@ -132,7 +138,7 @@ def plan(stage: str, configs: list[str], template: str | None = None, extra: lis
         raise SubmitError(f"num_nodes={num_nodes} needs --template multi (single_node runs on one node)")
     if template != "array" and len(paths) > 1:
         raise SubmitError(f"{len(paths)} configs need --template array")
-    return Job(stage, template, paths, devices, num_nodes, accelerator, extra)
+    return Job(stage, template, paths, devices, num_nodes, accelerator, extra, per_rank)
 
 
 def _sbatch_options(job: Job, opts: Args) -> list[str]:
@@ -147,11 +153,14 @@ def _sbatch_options(job: Job, opts: Args) -> list[str]:
             raise SubmitError(f"--time {opts.time!r}: use MM, HH:MM:SS or D-HH:MM:SS")
         lines.append(f"--time={opts.time}")
     gpus = opts.gpus_per_node
+    need = job.devices * job.gpus_per_rank
     if gpus is None and job.accelerator in ("gpu", "cuda"):
-        gpus = job.devices
+        gpus = need
     if gpus:
-        if gpus < job.devices:
-            raise SubmitError(f"--gpus-per-node {gpus} < devices={job.devices}: each process needs its own GPU")
+        if gpus < need:
+            what = "its own GPU" if job.gpus_per_rank == 1 else f"{job.gpus_per_rank} GPUs (vLLM's TP x PP)"
+            raise SubmitError(f"--gpus-per-node {gpus} < {need}: each of the devices={job.devices} processes needs "
+                              f"{what}")
         lines.append(f"--gpus-per-node={gpus}")
     if opts.cpus_per_task:
         lines.append(f"--cpus-per-task={opts.cpus_per_task}")
@@ -194,7 +203,9 @@ def render(job: Job, opts: Args) -> str:
         "sbatch_options": "\n".join(_sbatch_options(job, opts)),
         "env_exports": "\n".join(_env_exports(opts)),
         "master_port": opts.master_port or "$((15000 + SLURM_JOB_ID % 20000))",
-        "srun_options": " --cpus-per-task=$SLURM_CPUS_PER_TASK" if opts.cpus_per_task else "",
+        "srun_options": (" --cpus-per-task=$SLURM_CPUS_PER_TASK" if opts.cpus_per_task else "")
+        + (f" --gpus-per-task={job.gpus_per_rank}" if job.gpus_per_rank > 1 and job.accelerator in ("gpu", "cuda")
+           else ""),
         "n_configs": len(job.configs),
         "array_range": f"0-{len(job.configs) - 1}" + (f"%{opts.array_parallel}" if opts.array_parallel else ""),
         "config_list": "\n".join(f"  {shlex.quote(str(c))}" for c in job.configs),

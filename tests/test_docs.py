@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "emoexp" / "data" / "README.md"]
 FENCE = re.compile(r"^```(bash|sh|shell|console)\s*$")
-EMOEXP = ("emoexp", ".venv/bin/emoexp")
+EMOEXP = ("emoexp", ".venv/bin/emoexp", ".venv-vllm/bin/emoexp")
 PARSE_ONLY = {"run", "extract", "generate", "sweep"}
 
 
@@ -160,7 +160,7 @@ def _check_one(path: Path, line: int, command: str, note: str, sandbox: dict) ->
     if head in (".venv/bin/mlflow", "mlflow") or head in ("pip", "sbatch", "squeue", "scontrol", "export", "cd"):
         assert needs or head in ("pip", "export", "cd"), f"{where}: mark it `# needs: ...`"
         return
-    if head in (".venv/bin/python", "python") and len(words) > 1 and words[1].endswith(".py"):
+    if head in (".venv/bin/python", "python", ".venv-vllm/bin/python") and len(words) > 1 and words[1].endswith(".py"):
         assert (ROOT / words[1]).is_file(), where
         proc = _run([sys.executable, str(ROOT / words[1]), "--help"], sandbox)
         assert proc.returncode == 0, f"{where}\n{proc.stderr[-2000:]}"

@@ -83,6 +83,27 @@ def test_multi_node_gpu_options(tmp_path: Path) -> None:
     assert subprocess.run(["bash", "-n"], check=False, input=script, text=True).returncode == 0
 
 
+def test_vllm_rank_gets_its_tensor_parallel_gpus(tmp_path: Path) -> None:
+    """One rank per node, vLLM's TP over the node's 8 GPUs: Slurm gives the node 8 GPUs and the task all 8."""
+    cfg = write_config(tmp_path / "x.yaml", accelerator="gpu", devices=1, num_nodes=4, engine="vllm",
+                       tensor_parallel_size=8)
+    script = render(["generate", "--config", str(cfg)])
+    d = directives(script)
+    assert "--nodes=4" in d and "--ntasks-per-node=1" in d and "--gpus-per-node=8" in d
+    assert "--ntasks-per-node=1 --gpus-per-task=8" in script
+    two = write_config(tmp_path / "two.yaml", accelerator="gpu", devices=2, engine="vllm", tensor_parallel_size=2,
+                       pipeline_parallel_size=2)
+    assert "--gpus-per-node=8" in directives(render(["generate", "--config", str(two)]))
+    with pytest.raises(slurm.SubmitError, match=r"needs 4 GPUs \(vLLM's TP x PP\)"):
+        render(["generate", "--config", str(two), "--gpus_per_node", "4"])
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": "tiny-random-llama", "accelerator": "gpu", "devices": 1,
+                                   "generate": {"engine": "vllm", "tensor_parallel_size": 4}}))
+    assert "--gpus-per-node=4" in directives(render(["run", "--config", str(run)]))
+    cpu = write_config(tmp_path / "cpu.yaml", engine="vllm", tensor_parallel_size=2)
+    assert not any(x.startswith("--gpus") for x in directives(render(["generate", "--config", str(cpu)])))
+
+
 def test_default_template_follows_num_nodes(tmp_path: Path) -> None:
     one = write_config(tmp_path / "one.yaml", devices=1)
     many = write_config(tmp_path / "many.yaml", num_nodes=3)

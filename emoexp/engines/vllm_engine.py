@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ..generation import Generated
-from .vllm_worker import CONFIG_KEY, POSITIONS_KEY, SLOT_KEY
+from .keys import CONFIG_KEY, POSITIONS_KEY, SLOT_KEY
 
-__all__ = ["VllmEngine", "stop_tokens", "vllm_version"]
+__all__ = ["VllmEngine", "cpu_binding", "stop_tokens", "vllm_version"]
 
 _EXTENSION = "emoexp.engines.vllm_worker.SteerWorkerExtension"
 
@@ -58,6 +58,22 @@ def stop_tokens(model: str, tok: Any) -> list[int]:
     except OSError:  # no generation_config.json
         gc = SimpleNamespace(eos_token_id=None)
     return eos_ids(SimpleNamespace(generation_config=gc), tok)
+
+
+def cpu_binding(workers: int, cores: int | None = None) -> str:
+    """vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` for ``workers`` CPU workers on one NUMA node: the cores split
+    into contiguous groups (vLLM binds automatically only one worker per NUMA node).
+
+    Example:
+        >>> cpu_binding(2, 8)
+        '0-3|4-7'
+    """
+    n = cores or len(os.sched_getaffinity(0))
+    if n < workers:
+        raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = {workers} CPU workers need at least "
+                         f"{workers} cores; this machine gives {n}")
+    bounds = [round(i * n / workers) for i in range(workers + 1)]
+    return "|".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in zip(bounds, bounds[1:]))
 
 
 def _salt(direction: np.ndarray | None) -> str | None:
@@ -92,11 +108,17 @@ class VllmEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
         else:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        if tensor_parallel_size * pipeline_parallel_size == 1:
+        workers = tensor_parallel_size * pipeline_parallel_size
+        if workers == 1:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        elif not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(workers)
+        # Without OMP_NUM_THREADS, vLLM cuts this process's torch threads to 1 "for serving": in-process, that
+        # halves vLLM's own CPU decoding and every later transformers pass here (extraction, perplexity)
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         from vllm import LLM
 
-        from . import vllm_worker  # noqa: F401  (wraps the runners in this process too)
+        from . import vllm_worker  # noqa: F401  (wraps vLLM's runners in this process too: the in-process engine)
 
         self.site, self.positions = site, positions
         self.layers = sorted(int(l) for l in layers)
@@ -127,14 +149,15 @@ class VllmEngine:
 
     def _write(self, slots: list[int], rows: list[np.ndarray]) -> None:
         if slots:
-            self.llm.collective_rpc("emoexp_write", args=(slots, np.stack(rows)))
+            data = np.ascontiguousarray(np.stack(rows), dtype=np.float32)  # bytes: the same in- and out-of-process
+            self.llm.collective_rpc("emoexp_write", args=(slots, data.tobytes(), list(data.shape)))
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], directions: Sequence[torch.Tensor | None] | None = None, *,
                  max_new_tokens: int = 48, stop_ids: Sequence[int] = (), eos_ids: Sequence[int] = (),
                  do_sample: bool = False, temperature: float = 0.6, top_p: float = 0.9, seed: int | None = None,
                  decode: Callable[[list[int]], str] | None = None, logprobs: int | None = None,
-                 use_tqdm: bool = False, positions: str | None = None) -> list[Generated]:
+                 use_tqdm: bool = False, positions: str | None = None, ignore_eos: bool = False) -> list[Generated]:
         """One reply per prompt; row ``i`` steered by ``directions[i]`` ([num_layers, hidden], ``None`` or
         zeros = unsteered). Stops as :func:`emoexp.generation.generate` does: at ``eos_ids`` or
         ``stop_ids``, with at least one token when ``stop_ids`` are given. ``positions`` overrides the
@@ -172,7 +195,7 @@ class VllmEngine:
                 reqs.append(prompt)
                 params.append(self._params(slot_of.get(key, 0), positions, max_new_tokens, stops, bool(stop_ids),
                                            do_sample, temperature, top_p, None if seed is None else seed + i,
-                                           logprobs))
+                                           logprobs, ignore_eos))
             for i, res in zip(todo, self.llm.generate(reqs, params, use_tqdm=use_tqdm)):
                 o = res.outputs[0]
                 ids = list(o.token_ids)
@@ -187,11 +210,14 @@ class VllmEngine:
 
     @staticmethod
     def _params(slot: int, positions: str, max_new_tokens: int, stops: list[int], min_one: bool, do_sample: bool, temperature: float,
-                top_p: float, seed: int | None, logprobs: int | None) -> Any:
+                top_p: float, seed: int | None, logprobs: int | None, ignore_eos: bool = False) -> Any:
         from vllm import SamplingParams
 
         kw: dict[str, Any] = {"max_tokens": max_new_tokens, "stop_token_ids": stops, "detokenize": False,
-                              "extra_args": {SLOT_KEY: slot, POSITIONS_KEY: positions}, "logprobs": logprobs}
+                              "extra_args": {SLOT_KEY: slot, POSITIONS_KEY: positions}, "logprobs": logprobs,
+                              "ignore_eos": ignore_eos}
+        if ignore_eos:  # benchmarks: every row makes exactly max_tokens
+            kw["stop_token_ids"], kw["min_tokens"] = [], max_new_tokens
         if min_one:
             kw["min_tokens"] = 1
         if do_sample:

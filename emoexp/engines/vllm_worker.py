@@ -31,12 +31,7 @@ from torch import nn
 
 __all__ = ["CONFIG_KEY", "POSITIONS_KEY", "SLOT_KEY", "SteerWorkerExtension", "SteeredSite", "install"]
 
-#: ``LLM(additional_config={CONFIG_KEY: {...}})`` asks the workers to install steering.
-CONFIG_KEY = "emoexp_steering"
-#: ``SamplingParams(extra_args={SLOT_KEY: k})`` steers a request with slot ``k`` (0 = unsteered).
-SLOT_KEY = "emoexp_slot"
-#: ``extra_args[POSITIONS_KEY]``: ``all`` or ``generated`` for this request (default: the engine's).
-POSITIONS_KEY = "emoexp_positions"
+from .keys import CONFIG_KEY, POSITIONS_KEY, SLOT_KEY
 
 _SITE_CHILD = {"attn": ("self_attn", "attn", "attention", "self_attention"), "mlp": ("mlp", "feed_forward", "ffn")}
 
@@ -193,11 +188,12 @@ class SteerWorkerExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``): the calls the engine makes
     through ``collective_rpc``."""
 
-    def emoexp_write(self, slots: list[int], rows: np.ndarray) -> int:
-        """Set slot ``slots[i]`` to ``rows[i]`` ([k, chosen layers, hidden]); returns the layers written here."""
+    def emoexp_write(self, slots: list[int], rows: bytes, shape: list[int]) -> int:
+        """Set slot ``slots[i]`` to row ``i`` of ``rows`` (float32 bytes of [k, chosen layers, hidden]); returns
+        the layers written here."""
         state = self.model_runner._emoexp
         chosen = state.spec["layers"]
-        data = torch.as_tensor(np.asarray(rows))
+        data = torch.from_numpy(np.frombuffer(rows, dtype=np.float32).reshape(shape).copy())
         for j, l in enumerate(chosen):
             table = state.tables.get(l)
             if table is None:
