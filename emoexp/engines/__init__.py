@@ -43,7 +43,7 @@ def check_engine(cfg: Any, info: Any) -> None:
     from transformers import AutoConfig
 
     archs = list(AutoConfig.from_pretrained(info.path, trust_remote_code=cfg.trust_remote_code,
-                                            revision=cfg.revision).architectures or [])
+                                            revision=getattr(cfg, "revision", None)).architectures or [])
     supported = _vllm_archs()
     if archs and not set(archs) & supported:
         raise ConfigError(f"engine: vLLM cannot load {info.spec} (architecture {', '.join(archs)} is not among the "

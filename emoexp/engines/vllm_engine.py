@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,7 +74,7 @@ def cpu_binding(workers: int, cores: int | None = None) -> str:
         raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = {workers} CPU workers need at least "
                          f"{workers} cores; this machine gives {n}")
     bounds = [round(i * n / workers) for i in range(workers + 1)]
-    return "|".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in zip(bounds, bounds[1:]))
+    return "|".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in itertools.pairwise(bounds))
 
 
 def _salt(direction: np.ndarray | None) -> str | None:
@@ -96,6 +97,8 @@ class VllmEngine:
         slots: distinct directions one engine call can hold (more are run in several calls).
         compiled: vLLM's default compiled mode (``False``: ``enforce_eager``).
         tensor_parallel_size, pipeline_parallel_size: vLLM's parallelism.
+        max_num_batched_tokens: tokens per engine step (a smaller value splits long prompts into
+            chunks: chunked prefill).
     """
 
     def __init__(self, model: str, *, site: str, layers: Sequence[int], num_layers: int, hidden_size: int,
@@ -103,7 +106,8 @@ class VllmEngine:
                  compiled: bool = True, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
                  seed: int = 0, kv_cache_gb: float | None = None, tokenizer: str | None = None,
                  max_num_seqs: int = 256, revision: str | None = None, trust_remote_code: bool = False,
-                 _mechanism: str = "graph", _salt_prefixes: bool = True) -> None:
+                 max_num_batched_tokens: int | None = None, _mechanism: str = "graph",
+                 _salt_prefixes: bool = True) -> None:
         if kv_cache_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
         else:
@@ -133,7 +137,8 @@ class VllmEngine:
                        max_model_len=max_model_len, enforce_eager=not compiled, enable_prefix_caching=True,
                        tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
                        worker_extension_cls=_EXTENSION, additional_config={CONFIG_KEY: spec},
-                       max_num_seqs=max_num_seqs, revision=revision, trust_remote_code=trust_remote_code)
+                       max_num_seqs=max_num_seqs, revision=revision, trust_remote_code=trust_remote_code,
+                       **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}))
         if _mechanism == "late_hook":
             self.llm.collective_rpc("emoexp_late_hooks")
         steered = sorted({l for part in self.llm.collective_rpc("emoexp_layers") for l in part})
