@@ -131,8 +131,8 @@ def folder_sha256(folder: str | Path, patterns: Iterable[str] = MODEL_FILES) -> 
 
 
 #: Config fields that do not shape results: where outputs go, how many processes, logging.
-NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "tensor_parallel_size", "pipeline_parallel_size", "out", "out_dir", "limit", "mlflow", "experiment",
-                      "vectors", "evs_dir")
+NOT_RESULT_SHAPING = ("devices", "num_nodes", "threads", "tensor_parallel_size", "pipeline_parallel_size", "out",
+                      "out_dir", "limit", "mlflow", "experiment", "vectors", "evs_dir")
 
 #: Fields added after results were first logged: left out of the identity at these values, so results made
 #: before they existed keep their identity (resume, MLflow parent).

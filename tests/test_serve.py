@@ -208,3 +208,35 @@ def test_emotions_change_smollm2_replies_in_the_intended_direction(tmp_path, smo
     p = {a: score(t, metrics=["eps"])["p_joy"].mean() for a, t in replies.items()}
     assert p[1.0] > p[0.0] and p[1.0] > p[-1.0], (p, replies)
     assert all(a != b for a, b in zip(replies[0.0], replies[1.0]))
+
+
+def test_an_mlflow_parent_run_serves_its_vectors_and_the_key_is_never_shown(tmp_path, monkeypatch, capsys):
+    """`emoexp serve <run id>` fetches the run's vectors/ artifact; /v1/models names the run. The API key is
+    stars in --print_config and absent from the start-up log."""
+    from mlflow.tracking import MlflowClient
+
+    from emoexp.cli import main
+    from emoexp.serve import Args
+    from emoexp.tracking import check_store, tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    uri = check_store(tracking_uri(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp).info.run_id
+    client.log_artifact(run, str(_tiny_evs(tmp_path / "evs.safetensors")), "vectors")
+    client.set_terminated(run)
+    srv = Server(Args(vectors=run, default_max_tokens=4))
+    try:
+        meta = srv.client("unused").models.list().data[0].model_extra["emoexp"]
+        assert meta["mlflow_run"] == run and meta["vectors"] == "vectors/evs.safetensors"
+        assert "tracking_uri" not in meta
+    finally:
+        srv.stop()
+    secret = "hunter2-" + "k" * 12
+    assert main(["serve", run, "--api_key", secret, "--print_config"]) == 0
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err and "api_key: '**********'" in out.out
+    assert main(["serve", "0" * 32]) == 2
+    assert "MLflow run " + "0" * 32 in capsys.readouterr().err

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse.typing import PositiveInt
+from pydantic import SecretStr
 
 from ..vocab import Positions, Site
 
@@ -40,8 +41,9 @@ class Args:
     """Address to listen on (loopback by default; 0.0.0.0 exposes the server)."""
     port: PositiveInt = 8000
     """Port to listen on."""
-    api_key: str | None = None
-    """Require this key (Authorization: Bearer <key>); or set EMOEXP_API_KEY. Never printed."""
+    api_key: SecretStr | None = None
+    """Require this key (Authorization: Bearer <key>); or set EMOEXP_API_KEY. Never printed (--print_config
+    shows stars)."""
     site: Site | None = None
     """Site to steer (default: the vectors' own)."""
     layers: list[int] | None = None
@@ -118,7 +120,8 @@ def load_served(args: Args) -> Any:
         backend = TransformersBackend(model, tok, site=site, layers=args.layers, positions=args.positions,
                                       stop_ids=stops)
     centred = evs.centred() if len(evs.emotions) > 1 else None
-    key = args.api_key or os.environ.get("EMOEXP_API_KEY") or None
+    given = args.api_key.get_secret_value() if isinstance(args.api_key, SecretStr) else args.api_key
+    key = given or os.environ.get("EMOEXP_API_KEY") or None
     source.update(vectors_fingerprint=evs.fingerprint(), engine=backend.name, site=site,
                   layers=args.layers or "all", positions=args.positions)
     return Served(model_id=spec, tok=tok, evs=evs, centred=centred,
