@@ -136,10 +136,6 @@ def text_prompt(served: Served, body: dict[str, Any]) -> list[int]:
 
 def make_app(served: Served) -> Any:
     """The FastAPI application for ``served``."""
-    from fastapi import FastAPI
-    from fastapi import Request as HttpRequest
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     app = FastAPI(title="emoexp serve", docs_url=None, redoc_url=None)
 
     def error(e: BadRequest) -> JSONResponse:
