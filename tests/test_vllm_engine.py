@@ -1,7 +1,7 @@
 """The vLLM engine against the transformers path, on real SmolLM2 and a tiny compiled Llama.
 
 Runs in .venv-vllm (``bash scripts/install.sh --vllm``; ``scripts/test.sh`` runs ``-m vllm`` there
-and deselects these in the main venv). fp32 on the CPU, greedy.
+and deselects these in the main venv, where vLLM is not installed). fp32 on the CPU, greedy.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import os
 
 import pytest
 import torch
-
-pytest.importorskip("vllm", reason="the vllm engine tests run in .venv-vllm (scripts/install.sh --vllm)")
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
