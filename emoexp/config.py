@@ -197,13 +197,14 @@ class EngineOptions:
     """Which engine generates (extraction's responses and the steered grid)."""
 
     engine: Engine = "transformers"
-    """transformers (generate + hooks) or vllm (steering inside vLLM's graph; install: scripts/install.sh --vllm)."""
+    """Generation engine: transformers (generate + hooks) or vllm (steering inside vLLM's graph; install:
+    scripts/install.sh --vllm)."""
     tensor_parallel_size: PositiveInt = 1
-    """vllm: GPUs (or CPU workers) one model is split over by tensor parallelism."""
+    """Engine vllm: GPUs (or CPU workers) one model is split over by tensor parallelism."""
     pipeline_parallel_size: PositiveInt = 1
-    """vllm: pipeline stages one model is split over."""
+    """Engine vllm: pipeline stages one model is split over."""
     vllm_eager: bool = False
-    """vllm: run without its compiled graph (starts in seconds instead of a minute; decodes slower)."""
+    """Engine vllm: run without its compiled graph (starts in seconds instead of a minute; decodes slower)."""
 
     def _engine_checks(self) -> None:
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):

@@ -157,10 +157,11 @@ def _sbatch_options(job: Job, opts: Args) -> list[str]:
     if gpus is None and job.accelerator in ("gpu", "cuda"):
         gpus = need
     if gpus:
+        if gpus < need and job.gpus_per_rank == 1:
+            raise SubmitError(f"--gpus-per-node {gpus} < devices={job.devices}: each process needs its own GPU")
         if gpus < need:
-            what = "its own GPU" if job.gpus_per_rank == 1 else f"{job.gpus_per_rank} GPUs (vLLM's TP x PP)"
             raise SubmitError(f"--gpus-per-node {gpus} < {need}: each of the devices={job.devices} processes needs "
-                              f"{what}")
+                              f"{job.gpus_per_rank} GPUs (vLLM's TP x PP)")
         lines.append(f"--gpus-per-node={gpus}")
     if opts.cpus_per_task:
         lines.append(f"--cpus-per-task={opts.cpus_per_task}")

@@ -40,7 +40,7 @@ GUARD = {"run": ["--model", "tiny-random-llama", "--accelerator", "cpu", "--mlfl
          "extract": ["--model", "tiny-random-llama", "--accelerator", "cpu", "--limit", "1", "--max_new_tokens", "1"],
          "generate": ["--model", "tiny-random-llama", "--accelerator", "cpu", "--limit", "1", "--max_new_tokens", "1",
                       "--conditions", "unsteered"],
-         "submit": ["extract", "--dry_run", "true"], "evaluate": ["nonexistent.jsonl"], "chat": ["nonexistent.st"],
+         "submit": ["extract", "--dry_run", "true"], "evaluate": ["nonexistent.jsonl"], "chat": ["nonexistent.st"], "serve": ["nonexistent.st"],
          "compare": ["--uri", "sqlite:////nonexistent-dir/mlflow.db"], "import-official": ["/nonexistent"],
          "validate-scorer": ["--backends", "[]", "--official", "null"]}
 

@@ -92,9 +92,10 @@ def sandbox(tmp_path_factory) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    (proj / ".venv" / "bin").mkdir(parents=True)
-    for tool in ("emoexp", "python", "mlflow"):
-        (proj / ".venv" / "bin" / tool).symlink_to(Path(sys.executable).parent / tool)
+    for venv in (".venv", ".venv-vllm"):  # .venv-vllm's commands are resolved (parsed) with this venv's emoexp
+        (proj / venv / "bin").mkdir(parents=True)
+        for tool in ("emoexp", "python", "mlflow"):
+            (proj / venv / "bin" / tool).symlink_to(Path(sys.executable).parent / tool)
     first = subprocess.run(["emoexp", "run", "--model", "tiny-random-llama", "--accelerator", "cpu", "--limit", "2",
                             "--max_new_tokens", "4", "--evaluate.metrics", "[eps, repetition]"],
                            cwd=proj, env=env, capture_output=True, text=True, timeout=900, check=False)
