@@ -100,15 +100,11 @@ class ChatSession:
     def reply(self, text: str) -> str:
         """Generate the assistant's reply to ``text`` under the current weights."""
         from .generation import generate
-        from .prompts import encode_prompts, line_break_ids, uses_chat_template
+        from .prompts import conversation_prompt, encode_prompts, line_break_ids, uses_chat_template
         from .steering import steer
 
         self.history.append({"role": "user", "content": text})
-        if uses_chat_template(self.tok):
-            prompt = self.tok.apply_chat_template(self.history, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in self.history) + "Assistant:"
-        ids = encode_prompts(self.tok, [prompt])
+        ids = encode_prompts(self.tok, [conversation_prompt(self.tok, self.history)])
         stops = [] if uses_chat_template(self.tok) else line_break_ids(self.tok)  # a base model's reply: one line
         if self.weights:
             with steer(self.model, self.evs.combine(self.weights), layers=self.layers, site=self.site,

@@ -340,12 +340,14 @@ def _lookup(data: Any, key: str) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as a plain nested dict (what ``--print_config`` prints); secrets (pydantic ``SecretStr``,
     e.g. ``emoexp serve --api_key``) show as stars."""
+    from pydantic import SecretStr
+
     def plain(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, list):
             return [plain(x) for x in v]
-        return "**********" if type(v).__name__ == "SecretStr" else v
+        return str(v) if isinstance(v, SecretStr) else v  # SecretStr's str() is its stars
 
     return plain(dataclasses.asdict(cfg))
 

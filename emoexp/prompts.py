@@ -47,7 +47,8 @@ from typing import Any
 from .vocab import CONDITIONS, EMOTIONS, PROMPT_FORMATS, STRATEGIES
 
 __all__ = ["DEFAULT_TEMPLATES", "GENERATION_CONDITIONS", "STRATEGIES", "Conditioning", "PromptTooLong",
-           "check_lengths", "encode_prompts", "generation_prompt", "line_break_ids", "render_prompt", "uses_chat_template"]
+           "check_lengths", "conversation_prompt", "encode_prompts", "generation_prompt", "line_break_ids",
+           "render_prompt", "uses_chat_template"]
 
 GENERATION_CONDITIONS = CONDITIONS
 _INSTRUCTION = (
@@ -248,6 +249,15 @@ def generation_prompt(tokenizer: Any, query: str, condition: str, emotion: str |
             raise ValueError(f"the prompt baseline needs an emotion, one of {', '.join(EMOTIONS)}")
         return render_prompt(tokenizer, query, emotion, cond)
     return _render(tokenizer, cond.system_prompt, query, "", cond)
+
+
+def conversation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A whole conversation (``[{role, content}, ...]``) as the prompt for the assistant's next turn: the
+    chat template, or ``Role: text`` lines ending in ``Assistant:`` for a model without one (its reply
+    then ends at a line break: :func:`line_break_ids`). ``emoexp chat`` and ``emoexp serve`` use it."""
+    if uses_chat_template(tokenizer):
+        return _apply(tokenizer, messages)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str], cond: Conditioning | None = None) -> list[list[int]]:

@@ -72,14 +72,14 @@ def build_vllm(cfg: Any, info: Any, *, site: str, layers: list[int] | None, slot
                probe: list[int] | None = None) -> Any:
     """A :class:`~emoexp.engines.vllm_engine.VllmEngine` for ``cfg``'s model, steering ``layers``
     (``None``: all) at ``site``; with ``probe`` (prompt token ids) its self-test runs before it is returned."""
+    import torch
+
     from ..layers import resolve_layers
     from ..models import _resolve
     from ..redact import log
     from .vllm_engine import VllmEngine
 
     chosen = resolve_layers(layers, info.num_layers)
-    import torch
-
     dtype = str(getattr(cfg, "dtype", "auto"))
     if dtype == "auto":  # as the transformers engine: float32 on CPU, bfloat16 on GPU
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"

@@ -77,11 +77,9 @@ def cpu_binding(workers: int, cores: int | None = None) -> str:
     return "|".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in itertools.pairwise(bounds))
 
 
-def _salt(direction: np.ndarray | None) -> str | None:
+def _salt(direction: np.ndarray) -> str:
     """A request's prefix-cache salt and slot key: the direction's bytes (its steered positions
     are added to the key where the request is made)."""
-    if direction is None:
-        return None
     return "emoexp-" + hashlib.sha256(np.ascontiguousarray(direction, dtype=np.float32).tobytes()).hexdigest()[:24]
 
 
@@ -174,31 +172,25 @@ class VllmEngine:
         if len(directions) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(directions)} directions")
         rows = [None if d is None else self._rows(d) for d in directions]
-        rows = [None if r is None or not np.any(r) else r for r in rows]
-        keys = {}
-        for r in rows:
-            if r is not None:
-                keys.setdefault(_salt(r), r)
-        order = list(keys)
+        keys = [None if r is None or not np.any(r) else _salt(r) for r in rows]  # zeros: unsteered
+        distinct = {k: r for k, r in zip(keys, rows) if k is not None}
+        order = list(distinct)
         cap = self.slots - 1
         out: list[Generated | None] = [None] * len(prompts)
         stops = sorted(set(eos_ids) | set(stop_ids))
         for start in range(0, max(len(order), 1), cap):
-            chunk = order[start: start + cap]
-            slot_of = {k: i + 1 for i, k in enumerate(chunk)}
-            self._write(list(slot_of.values()), [keys[k] for k in chunk])
-            todo = [i for i, r in enumerate(rows)
-                    if (r is None and start == 0) or (r is not None and _salt(r) in slot_of)]
+            slot_of = {k: i + 1 for i, k in enumerate(order[start: start + cap])}
+            self._write(list(slot_of.values()), [distinct[k] for k in slot_of])
+            todo = [i for i, k in enumerate(keys) if (k is None and start == 0) or k in slot_of]
             if not todo:
                 continue
             reqs, params = [], []
             for i in todo:
-                key = _salt(rows[i]) if rows[i] is not None else None
                 prompt: dict[str, Any] = {"prompt_token_ids": list(prompts[i])}
-                if key is not None and self._salt_prefixes:
-                    prompt["cache_salt"] = f"{key}-{positions}"
+                if keys[i] is not None and self._salt_prefixes:
+                    prompt["cache_salt"] = f"{keys[i]}-{positions}"
                 reqs.append(prompt)
-                params.append(self._params(slot_of.get(key, 0), positions, max_new_tokens, stops, bool(stop_ids),
+                params.append(self._params(slot_of.get(keys[i], 0), positions, max_new_tokens, stops, bool(stop_ids),
                                            do_sample, temperature, top_p, None if seed is None else seed + i,
                                            logprobs, ignore_eos))
             for i, res in zip(todo, self.llm.generate(reqs, params, use_tqdm=use_tqdm)):
@@ -214,8 +206,9 @@ class VllmEngine:
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def _params(slot: int, positions: str, max_new_tokens: int, stops: list[int], min_one: bool, do_sample: bool, temperature: float,
-                top_p: float, seed: int | None, logprobs: int | None, ignore_eos: bool = False) -> Any:
+    def _params(slot: int, positions: str, max_new_tokens: int, stops: list[int], min_one: bool, do_sample: bool,
+                temperature: float, top_p: float, seed: int | None, logprobs: int | None,
+                ignore_eos: bool = False) -> Any:
         from vllm import SamplingParams
 
         kw: dict[str, Any] = {"max_tokens": max_new_tokens, "stop_token_ids": stops, "detokenize": False,
@@ -223,7 +216,7 @@ class VllmEngine:
                               "ignore_eos": ignore_eos}
         if ignore_eos:  # benchmarks: every row makes exactly max_tokens
             kw["stop_token_ids"], kw["min_tokens"] = [], max_new_tokens
-        if min_one:
+        if min_one and not ignore_eos:
             kw["min_tokens"] = 1
         if do_sample:
             kw.update(temperature=temperature, top_p=top_p, seed=seed)

@@ -220,6 +220,7 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     may be ``None``."""
     from tqdm.auto import tqdm
 
+    from ..engines.grid import engine_groups, grid_outputs
     from ..fold import BiasSlots
     from ..generation import BAR_FORMAT, bar_stepper, compile_options
     from ..generation import generate as gen
@@ -256,10 +257,8 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
     finished = sum(len(jobs[b]) for b in mine if b in done)
     bar = tqdm(total=rows_total, initial=finished, disable=rank != 0, desc=f"generate ({world} proc)", unit="resp",
                dynamic_ncols=True, bar_format=BAR_FORMAT)
-    if engine is not None:
-        _engine_batches(engine, job, jobs, [b for b in mine if b not in done], direction_of,
-                        lambda b, rows: wd.append_rows(rank, rows), bar, progress, preempt, rank, info, finished)
-        mine = []  # all done above
+    group_of = engine_groups([b for b in mine if b not in done], jobs) if engine is not None else {}
+    pending: dict[int, list[Any]] = {}  # vLLM replies of batches sent together, saved one batch at a time
     try:
         if slots is not None:
             opts = compile_options(cfg.compile, cfg.compile_backend, fabric.device)
@@ -274,7 +273,11 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
             steered = [entries[e]["condition"] in STEERED_CONDITIONS for e, _ in cells]
             doses: list[float | None] = [None] * len(cells)
             step = bar_stepper(bar, len(cells))
-            if slots is not None:  # one entry per batch on this path
+            if engine is not None:
+                if b not in pending:
+                    pending = grid_outputs(engine, job, jobs, group_of[b], direction_of)
+                outs = pending.pop(b)
+            elif slots is not None:  # one entry per batch on this path
                 entry = entries[cells[0][0]]
                 slots.set(direction_of(entry) if steered[0] else None)
                 outs = _gen(gen, model, job.tok, batch_prompts, cfg, b, opts, step)
@@ -308,48 +311,6 @@ def run_stage(fabric: Any, job: GenerateJob, model: Any, progress: Callable[[int
         wd.mark_complete()
     if world > 1:
         fabric.barrier()  # later stages on other ranks read the merged file
-
-
-#: Rows per vLLM call: enough for its continuous batching to fill, few enough that a kill loses little.
-ENGINE_ROWS = 256
-
-
-def _engine_batches(engine: Any, job: GenerateJob, jobs: list[list[tuple[int, int]]], todo: list[int],
-                    direction_of: Any, append: Any, bar: Any, progress: Any, preempt: Any, rank: int,
-                    info: dict, finished: int) -> None:
-    """The vLLM path: consecutive batches are sent together (:data:`ENGINE_ROWS` rows a call, each row
-    with its own direction), and saved batch by batch, as the transformers path saves them."""
-    from ..engines.vllm_engine import stop_tokens
-    from ..prompts import Conditioning
-
-    cfg, entries, queries = job.cfg, job.entries, job.queries
-    stops = Conditioning.of(cfg).stop_ids(job.tok)
-    eos = stop_tokens(cfg.model, job.tok)
-    groups: list[list[int]] = []
-    for b in todo:
-        if not groups or sum(len(jobs[x]) for x in groups[-1]) >= ENGINE_ROWS:
-            groups.append([])
-        groups[-1].append(b)
-    for group in groups:
-        cells = [c for b in group for c in jobs[b]]
-        prompts = [job.prompts_for(entries[e])[i] for e, i in cells]
-        dirs = [direction_of(entries[e]) if entries[e]["condition"] in STEERED_CONDITIONS else None for e, _ in cells]
-        outs = engine.generate(prompts, dirs, max_new_tokens=cfg.max_new_tokens, stop_ids=stops, eos_ids=eos,
-                               do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
-                               seed=cfg.seed + group[0], decode=lambda r: job.tok.decode(r, skip_special_tokens=True))
-        k = 0
-        for b in group:
-            n = len(jobs[b])
-            rows = [_row(b, e, entries[e], queries[i], o, job.site, cfg, info, None)
-                    for (e, i), o in zip(jobs[b], outs[k: k + n])]
-            append(b, rows)
-            k += n
-            finished += n
-            bar.n = finished
-            bar.refresh()
-            if progress is not None:
-                progress(bar.n, bar.total)
-        preempt.stop_if_asked(rank)
 
 
 def _jobs(entries: list[dict[str, Any]], n_queries: int, prompts_for: Any,

@@ -172,17 +172,26 @@ def _worker(fabric: Any, job: RunJob) -> None:
     rank0 = fabric.global_rank == 0
     t0 = time.time()
     model, tok = load_on_device(fabric, cfg)
-    engine, engine_cfg = None, job.generate.cfg if job.generate.cfg.engine == "vllm" else job.extract.cfg
-    if engine_cfg.engine == "vllm":  # one vLLM engine serves both stages (extraction's rows are unsteered)
-        from ..engines import build_vllm
+    engines: list[Any] = []  # one vLLM engine serves both stages (extraction's rows are unsteered), built once
 
-        engine = build_vllm(engine_cfg, job.info, site=cfg.generate.site or cfg.extract.site,
-                            layers=cfg.generate.layers, probe=job.extract.prompts[0])
+    def vllm_for(stage_cfg: Any) -> Any:
+        """The vLLM engine when ``stage_cfg`` asks for it, built (and self-tested) by the first stage that runs."""
+        if stage_cfg.engine != "vllm":
+            return None
+        if not engines:
+            from ..engines import build_vllm
+
+            built = job.generate.cfg if job.generate.cfg.engine == "vllm" else job.extract.cfg
+            engines.append(build_vllm(built, job.info, site=cfg.generate.site or cfg.extract.site,
+                                      layers=cfg.generate.layers, probe=job.extract.prompts[0]))
+        return engines[0]
+
     if study is not None:
         from ..engines import engine_tag
 
         study.add_provenance({**describe(model, tok, cfg.model, cfg.revision, job.info),
-                              "engine_extract": engine_tag(job.extract.cfg), "engine_generate": engine_tag(job.generate.cfg)})
+                              "engine_extract": engine_tag(job.extract.cfg),
+                              "engine_generate": engine_tag(job.generate.cfg)})
     ej = job.extract
     if fabric.broadcast(WorkDir(ej.out).claim(ej.identity) == "complete", src=0):  # every rank decides alike
         if rank0:
@@ -190,8 +199,7 @@ def _worker(fabric: Any, job: RunJob) -> None:
     else:
         if rank0:
             log(f"extract: {len(ej.queries)} queries x 2 conditions = {len(ej.items)} responses, batch {cfg.batch_size}")
-        extract.run_stage(fabric, ej, model, _progress(study, "extract"),
-                          engine=engine if ej.cfg.engine == "vllm" else None)
+        extract.run_stage(fabric, ej, model, _progress(study, "extract"), engine=vllm_for(ej.cfg))
     if job.ev_lock is not None:
         job.ev_lock.close()  # other runs waiting for these vectors may go on
     t1 = time.time()
@@ -202,8 +210,7 @@ def _worker(fabric: Any, job: RunJob) -> None:
     else:
         if rank0:
             log(f"generate: {gj.describe()}, batch {cfg.batch_size}")
-        generate.run_stage(fabric, gj, model, _progress(study, "generate"),
-                           engine=engine if gj.cfg.engine == "vllm" else None)
+        generate.run_stage(fabric, gj, model, _progress(study, "generate"), engine=vllm_for(gj.cfg))
     t2 = time.time()
     if rank0:
         if study is not None:

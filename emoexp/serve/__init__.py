@@ -16,11 +16,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from jsonargparse.typing import PositiveInt
 from pydantic import SecretStr
 
+from ..config import EngineOptions
 from ..vocab import Positions, Site
 
 __all__ = ["Args", "load_served", "main"]
@@ -29,14 +31,13 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
-class Args:
-    """``emoexp serve``: an OpenAI-compatible server whose requests set their own emotions."""
+class Args(EngineOptions):
+    """``emoexp serve``: an OpenAI-compatible server whose requests set their own emotions (the engine options
+    are those of extract and generate: engine, tensor_parallel_size, pipeline_parallel_size, vllm_eager)."""
 
     vectors: str = field(default="", metadata={"positional": None, "help": "EV safetensors file or MLflow parent run id"})
     model: str | None = None
     """Model spec (default: the model the vectors were extracted from)."""
-    engine: Literal["transformers", "vllm"] = "transformers"
-    """transformers (any install) or vllm (scripts/install.sh --vllm)."""
     host: str = "127.0.0.1"
     """Address to listen on (loopback by default; 0.0.0.0 exposes the server)."""
     port: PositiveInt = 8000
@@ -64,6 +65,9 @@ class Args:
     """Run the model repository's own code."""
     allow_foreign_vectors: bool = False
     """Steer with vectors extracted from another model (same shapes)."""
+
+    def __post_init__(self) -> None:
+        self._engine_checks()
 
 
 def _vectors_file(spec: str) -> tuple[Path, dict[str, Any]]:
@@ -113,7 +117,9 @@ def load_served(args: Args) -> Any:
         from ..engines import build_vllm
         from ..engines.vllm_engine import stop_tokens
 
-        engine = build_vllm(_EngineCfg(spec, args), info, site=site, layers=args.layers, probe=tok.encode("Hello"))
+        # build_vllm reads a stage config: these arguments plus the model and the stage defaults serve keeps
+        stage = SimpleNamespace(**{**vars(args), "model": spec, "dtype": "auto", "seed": 0, "revision": None})
+        engine = build_vllm(stage, info, site=site, layers=args.layers, probe=tok.encode("Hello"))
         backend: Any = VllmBackend(engine, tok, eos_ids=stop_tokens(spec, tok), stop_ids=stops)
     else:
         model, tok = load_model(spec, trust_remote_code=args.trust_remote_code)
@@ -128,21 +134,6 @@ def load_served(args: Args) -> Any:
                   batcher=Batcher(backend, tok, max_batch=args.max_batch, window_s=args.batch_window_ms / 1000),
                   context=int(info.context or 2048), max_tokens=args.max_tokens,
                   default_max_tokens=args.default_max_tokens, alpha_unit=args.alpha_unit, api_key=key, source=source)
-
-
-@dataclass
-class _EngineCfg:
-    """The fields :func:`emoexp.engines.build_vllm` reads, from ``emoexp serve``'s arguments."""
-
-    model: str
-    args: Args
-
-    def __getattr__(self, name: str) -> Any:
-        defaults = {"dtype": "auto", "vllm_eager": False, "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
-                    "seed": 0, "revision": None}
-        if name in defaults:
-            return defaults[name]
-        return getattr(self.args, name)
 
 
 def main(args: Args) -> int:

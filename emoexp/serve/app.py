@@ -111,7 +111,7 @@ def _sampling(body: dict[str, Any]) -> None:
 
 
 def chat_prompt(served: Served, body: dict[str, Any]) -> list[int]:
-    from ..prompts import uses_chat_template
+    from ..prompts import conversation_prompt, encode_prompts
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(
@@ -119,12 +119,7 @@ def chat_prompt(served: Served, body: dict[str, Any]) -> list[int]:
                                                                                             "assistant")
             for m in messages):
         raise BadRequest("messages: expected a non-empty list of {role: system|user|assistant, content: text}")
-    tok = served.tok
-    if uses_chat_template(tok):
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(ids["input_ids"])
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
-    return list(tok(text)["input_ids"])
+    return encode_prompts(served.tok, [conversation_prompt(served.tok, messages)])[0]
 
 
 def text_prompt(served: Served, body: dict[str, Any]) -> list[int]:
