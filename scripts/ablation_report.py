@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--curves", default="", help="comma-separated emotions whose best curves to plot")
     parser.add_argument("--plot", type=Path, default=None, help="where the curves go (png)")
     parser.add_argument("--top", type=int, default=4, help="curves per emotion")
+    parser.add_argument("--per_emotion", action="store_true",
+                        help="also a point x emotion table of the best gain within the limits (0.00: none)")
     parser.add_argument("--only", default="", help="comma-separated sweep folders to read (default: all of them)")
     args = parser.parse_args()
     only = {s for s in args.only.split(",") if s}
@@ -74,6 +76,15 @@ def main() -> None:
     lines = [table.to_markdown(index=False, floatfmt=("", "", "+.3f", "", "", ".2f", ".2f")), "",
              "Best point per emotion (largest gain within the limits):", "",
              best.to_markdown(index=False, floatfmt=("", "", "", "g", ".3f", "+.3f", "+.3f", ".2f", ".2f"))]
+    if args.per_emotion:
+        cell = all_["gain"].where(all_["within_limits"].astype(bool), 0.0).clip(lower=0.0)
+        grid = all_.assign(cell=cell).pivot_table(index=["sweep", "point"], columns="target", values="cell",
+                                                  sort=False).reset_index()
+        emotions = [e for e in ("anger", "disgust", "fear", "joy", "sadness") if e in grid]
+        grid["mean"] = grid[emotions].mean(axis=1)
+        lines += ["", "Per emotion (best gain within the limits; 0.00: no α beat unsteered within them):", "",
+                  grid[["sweep", "point", *emotions, "mean"]].to_markdown(
+                      index=False, floatfmt=("", "", *["+.2f"] * (len(emotions) + 1)))]
     doc = args.doc
     text = doc.read_text()
     begin, end = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"

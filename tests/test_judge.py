@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from emoexp.eval.judge import (
+    REJECTED_LIMIT,
     JudgeConfig,
     JudgeError,
     JudgeUnavailableError,
@@ -86,8 +87,9 @@ class Server:
 
 
 def config(url: str, **kw) -> JudgeConfig:
+    """One request at a time unless asked: the scripted servers answer in arrival order."""
     return JudgeConfig(**{"base_url": url, "model": "judge-model", "api_key": KEY, "timeout": 2.0,
-                          "max_retries": 2, **kw})
+                          "max_retries": 2, "concurrency": 1, **kw})
 
 
 def free_port() -> int:
@@ -162,6 +164,70 @@ def test_slow_server_times_out_with_clear_error_and_keeps_finished_ratings():
     assert len(ei.value.completed) == 1 and ei.value.completed[0].scores is not None
     assert elapsed < 3.0
     assert KEY not in str(ei.value)
+
+
+def test_concurrent_requests_keep_the_prompts_order_and_overlap():
+    """With concurrency 8 the replies, each computed from its own text, come back in the texts'
+    order; the requests overlap (a serving engine batches them); a reply that is prose is retried
+    for that text alone."""
+    lock, live = threading.Lock(), {"now": 0, "peak": 0}
+    texts = [f"text number {i}" for i in range(24)]
+
+    def reply(body):
+        with lock:
+            live["now"] += 1
+            live["peak"] = max(live["peak"], live["now"])
+        time.sleep(0.05)
+        with lock:
+            live["now"] -= 1
+        i = _number(body)
+        if i == 5 and len(body["messages"]) == 2:
+            return "prose, not JSON"  # the first try of text 5 only
+        return {"anger": i, "disgust": 0, "fear": 0, "joy": 100 - i, "sadness": 0}
+
+    with Server([reply]) as srv:
+        ratings = rate_emotions(get_judge("judge", config(srv.url, concurrency=8)), texts)
+    assert [r.scores["anger"] for r in ratings] == list(range(24))
+    assert [r.tries for r in ratings] == [2 if i == 5 else 1 for i in range(24)]
+    assert live["peak"] > 1 and len(srv.requests) == 25
+
+
+def _number(body) -> int:
+    return int(body["messages"][1]["content"].split("text number ")[1].split()[0])
+
+
+def test_concurrent_failure_keeps_the_finished_prefix():
+    """A judge that starts refusing the key mid-way: the error carries the ratings of the first
+    texts that finished, in order, and none after a gap."""
+    def reply(body):
+        i = _number(body)
+        return ("status", 403) if i >= 6 else {**VALID, "anger": i}
+
+    with Server([reply]) as srv:
+        with pytest.raises(JudgeError) as ei:
+            rate_emotions(get_judge("judge", config(srv.url, concurrency=4)), [f"text number {i}" for i in range(12)])
+    assert "rejected" in str(ei.value)
+    assert [r.scores["anger"] for r in ei.value.completed] == list(range(len(ei.value.completed)))
+    assert len(ei.value.completed) <= 6
+
+
+def test_a_refused_text_is_recorded_and_the_others_go_on():
+    """HTTP 400 for one text (e.g. longer than the judge's context) is that text's failure, asked
+    once; only when the first REJECTED_LIMIT texts are all refused is the request itself wrong."""
+    def reply(body):
+        return ("status", 400) if _number(body) == 3 else {**VALID, "anger": _number(body)}
+
+    with Server([reply]) as srv:
+        ratings = rate_emotions(get_judge("judge", config(srv.url, concurrency=4)),
+                                [f"text number {i}" for i in range(10)])
+        assert len(srv.requests) == 10  # not retried
+    assert ratings[3].scores is None and ratings[3].rejected and "HTTP 400" in ratings[3].error
+    assert [r.scores["anger"] for i, r in enumerate(ratings) if i != 3] == [i for i in range(10) if i != 3]
+    with Server([("status", 400)]) as srv:
+        with pytest.raises(JudgeError) as ei:
+            rate_emotions(get_judge("judge", config(srv.url, concurrency=2)), [f"t{i}" for i in range(50)])
+        assert len(srv.requests) < 20  # stopped after the first refusals, not all 50
+    assert f"rejected the first {REJECTED_LIMIT} requests" in str(ei.value) and KEY not in str(ei.value)
 
 
 def test_unreachable_judge_raises_clear_error_without_key():

@@ -149,20 +149,34 @@ def test_validate_scorer_exits_2_on_a_bad_labels_file(tmp_path, capsys):
 @needs_official
 def test_validate_scorer_against_a_local_judge(tmp_path, labelled):
     """A loopback OpenAI-compatible judge that rates by the hand labels (broken replies for one
-    text in four): the judge agrees with the hand labels where it answered, and each backend's
-    agreement with the judge is its accuracy on those texts."""
+    text in four, HTTP 400 "context too long" for another in four): the judge agrees with the hand
+    labels where it answered, each backend's agreement with the judge is its accuracy on those
+    texts, and a refused text is counted, not fatal. A run cut off by the judge keeps every rating
+    it finished: the rerun asks only the texts not rated yet."""
     from test_judge import KEY, Server  # the scripted server of the judge tests
 
     by_text = {r["text"][:200]: r["label"] for r in labelled}
     broken: set[str] = set()
+    refused: set[str] = set()
+    asked: list[str] = []
+    dead_after = {"n": 10**9}
+
+    def text_of(body) -> str:
+        prompt = next(m["content"] for m in body["messages"] if '"""' in m["content"])
+        return prompt.split('"""\n', 1)[1].rsplit('\n"""', 1)[0]
 
     def reply(body):
-        prompt = next(m["content"] for m in body["messages"] if '"""' in m["content"])
-        text = prompt.split('"""\n', 1)[1].rsplit('\n"""', 1)[0]
+        text = text_of(body)
+        asked.append(text)
+        if len(asked) > dead_after["n"]:
+            return ("status", 401)  # the judge goes away (a revoked key): the run stops
         label = by_text.get(text[:200])
         if label is None or len(text) % 4 == 0:  # about one text in four: prose on every try
             broken.add(text)
             return "I think it is angry."  # invalid, retried, then recorded as missing
+        if len(text) % 4 == 1:  # another one in four: refused, as a prompt past the judge's context
+            refused.add(text)
+            return ("status", 400)
         return {e: (90 if e == label else 5) for e in ("anger", "disgust", "fear", "joy", "sadness")}
 
     import os
@@ -170,12 +184,21 @@ def test_validate_scorer_against_a_local_judge(tmp_path, labelled):
     try:
         with Server([reply]) as srv:
             args = Args(backends=["minilm"], official=str(OFFICIAL), judge=srv.url, judge_model="judge-model",
-                        judge_limit=20, official_limit=2, out=str(tmp_path))
-            assert main(args) == 0
+                        judge_limit=20, official_limit=2, out=str(tmp_path / "cut"), judge_concurrency=4)
+            dead_after["n"] = 6
+            assert main(args) == 2
+            saved = [json.loads(line) for line in (tmp_path / "cut" / "judge_ratings.jsonl").read_text().splitlines()]
+            assert 1 <= len(saved) < 20
+            asked.clear()
+            dead_after["n"] = 10**9
+            assert main(args) == 0  # the rerun, same --out
+            assert len(set(asked)) == 20 - len(saved)  # only the texts without a saved rating
+            asked.clear()
+            assert main(args) == 0 and not asked  # everything saved: the judge is not asked again
     finally:
         os.environ.pop("EMOEXP_JUDGE_API_KEY")
-    res = json.loads((tmp_path / "validation.json").read_text())
+    res = json.loads((tmp_path / "cut" / "validation.json").read_text())
     hand = res["judge|real vs hand labels"]
-    assert broken and hand["n"] == 20 - len(broken) and hand["accuracy"] == 1.0
+    assert broken and refused and hand["n"] == 20 - len(broken) - len(refused) and hand["accuracy"] == 1.0
     assert "minilm|real vs judge" in res and res["minilm|real vs judge"]["n"] == hand["n"]
-    assert "real vs judge" in (tmp_path / "validation.md").read_text()
+    assert "real vs judge" in (tmp_path / "cut" / "validation.md").read_text()

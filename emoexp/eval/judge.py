@@ -24,15 +24,15 @@ import functools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..redact import scrub_text
 from ..vocab import EMOTIONS
 
-__all__ = ["HTTPJudge", "JudgeConfig", "JudgeError", "JudgeReplyError", "JudgeUnavailableError", "LocalJudge",
-           "Rating", "get_judge", "parse_scores", "rate", "rate_emotions", "rate_topic"]
+__all__ = ["HTTPJudge", "JudgeConfig", "JudgeError", "JudgeItemRejected", "JudgeReplyError", "JudgeUnavailableError",
+           "LocalJudge", "Rating", "get_judge", "parse_scores", "rate", "rate_emotions", "rate_topic"]
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "EMOEXP_JUDGE_BASE_URL", "EMOEXP_JUDGE_MODEL", "EMOEXP_JUDGE_API_KEY"
 SYSTEM = "You are a careful annotator of text. You answer with one JSON object and nothing else."
@@ -69,6 +69,15 @@ class JudgeReplyError(ValueError):
     """A reply that is not the JSON object asked for."""
 
 
+class JudgeItemRejected(JudgeReplyError):
+    """The endpoint refused this one request (HTTP 400/413/422, e.g. a text longer than the
+    judge's context): recorded for that item, not retried, the others go on."""
+
+
+#: Item rejections before any valid rating that mean the requests themselves are wrong.
+REJECTED_LIMIT = 8
+
+
 @dataclass
 class JudgeConfig:
     """Where and how to reach an OpenAI-compatible judge (the key is never shown)."""
@@ -82,6 +91,7 @@ class JudgeConfig:
     max_tokens: int = 256
     json_mode: bool = True  #: send ``response_format={"type": "json_object"}``
     max_chars: int = 8000  #: longer texts are cut (and flagged) before judging
+    concurrency: int = 8  #: requests in flight at once (a serving engine batches them)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JudgeConfig:
@@ -108,6 +118,7 @@ class Rating:
     tries: int = 0
     error: str | None = None
     truncated: bool = False
+    rejected: bool = False  #: the endpoint refused this item (HTTP 400/413/422)
 
 
 class HTTPJudge:
@@ -146,7 +157,8 @@ class HTTPJudge:
 
         Raises:
             JudgeUnavailableError: no answer after ``1 + max_retries`` tries.
-            JudgeError: the endpoint rejected the request (HTTP 4xx other than 408/409/429).
+            JudgeError: the endpoint rejected the request (HTTP 401/403/404 and other 4xx).
+            JudgeItemRejected: the endpoint refused this request (HTTP 400/413/422).
             JudgeReplyError: the response is not a chat completion.
         """
         import openai
@@ -167,6 +179,8 @@ class HTTPJudge:
             detail = self.redact(f"HTTP {e.status_code}: {str(e.response.text)[:200]}")
             if e.status_code in (408, 409, 429) or e.status_code >= 500:
                 raise JudgeUnavailableError(f"judge at {self.url} ({cfg.model}) {tries}: {detail}") from None
+            if e.status_code in (400, 413, 422):
+                raise JudgeItemRejected(f"judge at {self.url} refused this text: {detail}") from None
             raise JudgeError(f"judge at {self.url} rejected the request: {detail}") from None
         except (ValueError, TypeError) as e:  # a body that is not a chat completion
             raise JudgeReplyError(self.redact(f"not a chat completion: {e}")) from None
@@ -268,43 +282,91 @@ def parse_scores(reply: str, keys: Sequence[str], lo: float = 0.0, hi: float = 1
     return scores, scores != raw
 
 
+def _rate_one(judge: HTTPJudge | LocalJudge, prompt: str, keys: Sequence[str], truncated: bool) -> Rating:
+    """One prompt asked until a valid reply or ``judge.max_retries`` more tries (JudgeError propagates)."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    rating = Rating(None, truncated=truncated)
+    for attempt in range(judge.max_retries + 1):
+        rating.tries = attempt + 1
+        reply: str | None = None
+        try:
+            reply = judge.complete(messages)
+            rating.scores, rating.clamped = parse_scores(reply, keys)
+            rating.error = None
+            break
+        except JudgeItemRejected as e:
+            rating.error, rating.rejected = judge.redact(str(e)), True
+            break
+        except JudgeReplyError as e:
+            rating.error = judge.redact(str(e))
+            if reply is not None:  # show the model its reply and ask again
+                messages = messages[:2] + [{"role": "assistant", "content": reply},
+                                           {"role": "user", "content": REMINDER}]
+    return rating
+
+
 def rate(judge: HTTPJudge | LocalJudge, prompts: Sequence[str], keys: Sequence[str], *,
-         truncated: Sequence[bool] | None = None, progress: bool = False) -> list[Rating]:
-    """Ask ``judge`` each prompt and parse the scores in ``keys``.
+         truncated: Sequence[bool] | None = None, progress: bool = False,
+         on_rating: Callable[[int, Rating], None] | None = None) -> list[Rating]:
+    """Ask ``judge`` each prompt and parse the scores in ``keys``, in the prompts' order.
 
     An invalid reply is asked again (with the reply and a reminder appended) up to
-    ``judge.max_retries`` times, then gives ``Rating(scores=None, error=...)``.
+    ``judge.max_retries`` times, then gives ``Rating(scores=None, error=...)``. An HTTP judge is
+    sent ``config.concurrency`` prompts at once (threads; a serving engine batches them); a
+    local one, one at a time. A prompt the endpoint refuses (HTTP 400/413/422) gets
+    ``Rating(scores=None, rejected=True)``; if the first :data:`REJECTED_LIMIT` finished all
+    were refused, the requests themselves are wrong and :class:`JudgeError` is raised.
+    ``on_rating(index, rating)`` is called as each prompt finishes (to save it at once).
 
     Raises:
-        JudgeUnavailableError: the judge stopped answering; ``.completed`` has the ratings done.
-        JudgeError: the endpoint rejected a request; ``.completed`` has the ratings done.
+        JudgeUnavailableError: the judge stopped answering; ``.completed`` has the ratings done
+            (the longest finished run from the first prompt, so they line up with ``prompts``).
+        JudgeError: the endpoint rejected a request; ``.completed`` as above.
     """
-    out: list[Rating] = []
-    items: Any = prompts
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    flags = [bool(truncated[i]) if truncated is not None else False for i in range(len(prompts))]
+    workers = max(1, judge.config.concurrency) if isinstance(judge, HTTPJudge) else 1
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(prompts, desc=f"judge ({judge.model_id})", unit="text")
-    for i, prompt in enumerate(items):
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        rating = Rating(None, truncated=bool(truncated[i]) if truncated is not None else False)
-        for attempt in range(judge.max_retries + 1):
-            rating.tries = attempt + 1
-            reply: str | None = None
-            try:
-                reply = judge.complete(messages)
-                rating.scores, rating.clamped = parse_scores(reply, keys)
-                rating.error = None
-                break
-            except JudgeError as e:
-                raise type(e)(str(e), completed=out) from None
-            except JudgeReplyError as e:
-                rating.error = judge.redact(str(e))
-                if reply is not None:  # show the model its reply and ask again
-                    messages = messages[:2] + [{"role": "assistant", "content": reply},
-                                               {"role": "user", "content": REMINDER}]
-        out.append(rating)
-    return out
+        bar = tqdm(total=len(prompts), desc=f"judge ({judge.model_id})", unit="text")
+    done: dict[int, Rating] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_rate_one, judge, p, keys, flags[i]): i for i, p in enumerate(prompts)}
+        pending = set(futures)
+        while pending and failure is None:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in sorted(finished, key=futures.__getitem__):
+                if f.exception() is not None:
+                    failure = failure or f.exception()
+                    continue
+                done[futures[f]] = r = f.result()
+                if on_rating is not None:
+                    on_rating(futures[f], r)
+                if bar is not None:
+                    bar.update()
+                if len(done) == REJECTED_LIMIT and all(x.rejected for x in done.values()):
+                    failure = failure or JudgeError(f"the judge rejected the first {REJECTED_LIMIT} requests: {r.error}")
+        for f in pending:  # not started yet: never sent
+            f.cancel()
+    for f, i in futures.items():  # those in flight when it failed, finished since: kept too
+        if i not in done and not f.cancelled() and f.exception() is None:
+            done[i] = f.result()
+            if on_rating is not None:
+                on_rating(i, done[i])
+    if bar is not None:
+        bar.close()
+    if isinstance(failure, JudgeError):
+        completed = []
+        while len(completed) in done:
+            completed.append(done[len(completed)])
+        raise type(failure)(str(failure), completed=completed) from None
+    if failure is not None:
+        raise failure
+    return [done[i] for i in range(len(prompts))]
 
 
 def _cut(text: str, max_chars: int) -> tuple[str, bool]:
@@ -316,11 +378,12 @@ def _fill(template: str, **values: str) -> str:
     return re.sub(r"<(QUERY|TEXT)>", lambda m: values[m.group(1)], template)
 
 
-def rate_emotions(judge: HTTPJudge | LocalJudge, texts: Sequence[str], *, progress: bool = False) -> list[Rating]:
+def rate_emotions(judge: HTTPJudge | LocalJudge, texts: Sequence[str], *, progress: bool = False,
+                  on_rating: Callable[[int, Rating], None] | None = None) -> list[Rating]:
     """EAS: the judge rates each of the five emotions 0–100 for each text."""
     cut = [_cut(t, judge.config.max_chars) for t in texts]
     prompts = [_fill(EAS_PROMPT, TEXT=t) for t, _ in cut]
-    return rate(judge, prompts, EMOTIONS, truncated=[c for _, c in cut], progress=progress)
+    return rate(judge, prompts, EMOTIONS, truncated=[c for _, c in cut], progress=progress, on_rating=on_rating)
 
 
 def rate_topic(judge: HTTPJudge | LocalJudge, queries: Sequence[str], responses: Sequence[str], *,

@@ -73,6 +73,8 @@ class Args:
     """The judge's model name (default $EMOEXP_JUDGE_MODEL)."""
     judge_limit: int | None = 300
     """At most this many real texts are judged (a seeded sample; null: all)."""
+    judge_concurrency: int = 8
+    """Requests sent to the judge at once (a serving engine such as vLLM batches them)."""
 
 
 def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> tuple[list[str], list[str]]:
@@ -169,20 +171,66 @@ def validate(args: Args) -> dict[str, Any]:
 JUDGE_NEUTRAL_BELOW = 30.0
 
 
+#: In ``--out``: every finished judge rating, written as it arrives; a rerun asks only the rest.
+JUDGE_RATINGS = "judge_ratings.jsonl"
+
+
+def _judge_ratings(judge: Any, texts: list[str], path: Path) -> list[Any]:
+    """The judge's rating of each text, reusing those saved in ``path`` by an earlier run with the
+    same judge (endpoint, model, prompt and settings: an interrupted run loses nothing), saving new ones as they come."""
+    import hashlib
+
+    from .judge import EAS_PROMPT, Rating, rate_emotions
+
+    c = judge.config
+    asked = [judge.describe(), EAS_PROMPT, c.temperature, c.max_tokens, c.json_mode, c.max_chars, c.max_retries]
+
+    def key(text: str) -> str:
+        return hashlib.sha256(json.dumps([*asked, text]).encode()).hexdigest()[:24]
+
+    saved: dict[str, Rating] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                saved[r["key"]] = Rating(r["scores"], r["clamped"], r["tries"], r["error"], r["truncated"], r["rejected"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short when the run was killed: asked again
+    keys = [key(t) for t in texts]
+    todo = [i for i, k in enumerate(keys) if k not in saved]
+    if len(todo) < len(texts):
+        log(f"validate-scorer: {len(texts) - len(todo)} judge ratings reused from {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        def keep(j: int, r: Rating) -> None:
+            saved[keys[todo[j]]] = r
+            fh.write(json.dumps({"key": keys[todo[j]], "scores": r.scores, "clamped": r.clamped, "tries": r.tries,
+                                 "error": r.error, "truncated": r.truncated, "rejected": r.rejected}) + "\n")
+            fh.flush()
+
+        if todo:
+            rate_emotions(judge, [texts[i] for i in todo], progress=True, on_rating=keep)
+    return [saved[k] for k in keys]
+
+
 def _against_judge(args: Args, real: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """The judge's labels of (a sample of) the real text against the hand labels, and each
     backend against the judge."""
     import random
 
     from .classifiers import get_classifier
-    from .judge import JudgeConfig, get_judge, rate_emotions
+    from .judge import JudgeConfig, get_judge
 
     rows = list(real)
     random.Random(0).shuffle(rows)
     rows = rows[:args.judge_limit] if args.judge_limit else rows
-    judge = get_judge("judge", JudgeConfig.from_env(base_url=args.judge, model=args.judge_model))
-    ratings = rate_emotions(judge, [r["text"] for r in rows], progress=True)
+    config = JudgeConfig.from_env(base_url=args.judge, model=args.judge_model, concurrency=args.judge_concurrency)
+    judge = get_judge("judge", config)
+    ratings = _judge_ratings(judge, [r["text"] for r in rows], Path(args.out) / JUDGE_RATINGS)
     keep = [i for i, r in enumerate(ratings) if r.scores]
+    refused = sum(r.rejected for r in ratings)
+    log(f"validate-scorer: the judge rated {len(keep)} of {len(ratings)} texts ({refused} refused by the endpoint, "
+        f"{len(ratings) - len(keep) - refused} without a valid reply)")
     if not keep:
         raise ValueError(f"the judge at {args.judge} gave no valid rating ({ratings[0].error if ratings else 'none'})")
     jl = []
