@@ -107,8 +107,24 @@ def test_valid_reply_and_request_shape():
     assert req["path"] == "/v1/chat/completions"
     assert req["auth"] == f"Bearer {KEY}"
     assert req["body"]["model"] == "judge-model"
-    assert req["body"]["response_format"] == {"type": "json_object"}
+    fmt = req["body"]["response_format"]  # a JSON schema of exactly the five number fields
+    assert fmt["type"] == "json_schema"
+    schema = fmt["json_schema"]["schema"]
+    assert schema["required"] == ["anger", "disgust", "fear", "joy", "sadness"]
+    assert schema["additionalProperties"] is False and {p["type"] for p in schema["properties"].values()} == {"number"}
     assert "Yay, I won!" in req["body"]["messages"][-1]["content"]
+
+
+def test_json_modes():
+    with Server([{"topic": 50}]) as srv:
+        rate_topic(get_judge("judge", config(srv.url)), ["q"], ["r"])
+        rate_topic(get_judge("judge", config(srv.url, json_mode="object")), ["q"], ["r"])
+        rate_topic(get_judge("judge", config(srv.url, json_mode=False)), ["q"], ["r"])
+    topic, obj, off = (r["body"] for r in srv.requests)
+    assert topic["response_format"]["json_schema"]["schema"]["required"] == ["topic"]
+    assert obj["response_format"] == {"type": "json_object"} and "response_format" not in off
+    with pytest.raises(JudgeError, match="json_mode must be"):
+        config("http://127.0.0.1:1/v1", json_mode="yaml")
 
 
 def test_out_of_range_is_clamped_and_flagged():

@@ -89,9 +89,17 @@ class JudgeConfig:
     max_retries: int = 3  #: extra tries after a transport failure or an invalid reply
     temperature: float = 0.0
     max_tokens: int = 256
-    json_mode: bool = True  #: send ``response_format={"type": "json_object"}``
+    #: ``schema``: ``response_format`` a JSON schema of exactly the asked number fields (the server
+    #: constrains decoding to it: vLLM, OpenAI); ``object``: any JSON object; ``off``: no response_format
+    json_mode: str | bool = "schema"
     max_chars: int = 8000  #: longer texts are cut (and flagged) before judging
     concurrency: int = 8  #: requests in flight at once (a serving engine batches them)
+
+    def __post_init__(self) -> None:
+        mode = {True: "object", False: "off"}.get(self.json_mode, self.json_mode)  # type: ignore[call-overload]
+        if mode not in ("schema", "object", "off"):
+            raise JudgeError(f"json_mode must be 'schema', 'object' or 'off', not {self.json_mode!r}")
+        self.json_mode = mode
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JudgeConfig:
@@ -152,8 +160,21 @@ class HTTPJudge:
         text = scrub_text(text)
         return text.replace(key, "***") if key else text
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        """The assistant's reply text for ``messages`` (the client retries transport failures).
+    def response_format(self, keys: Sequence[str] | None) -> dict[str, Any]:
+        """The ``response_format`` request field for replies with the number fields ``keys``."""
+        mode = self.config.json_mode
+        if mode == "off":
+            return {}
+        if mode == "object" or not keys:
+            return {"response_format": {"type": "json_object"}}
+        schema = {"type": "object", "properties": {k: {"type": "number"} for k in keys}, "required": list(keys),
+                  "additionalProperties": False}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "ratings", "schema": schema, "strict": True}}}
+
+    def complete(self, messages: list[dict[str, str]], keys: Sequence[str] | None = None) -> str:
+        """The assistant's reply text for ``messages`` (the client retries transport failures);
+        with ``keys``, the reply is asked to be a JSON object of those number fields.
 
         Raises:
             JudgeUnavailableError: no answer after ``1 + max_retries`` tries.
@@ -164,7 +185,7 @@ class HTTPJudge:
         import openai
 
         cfg = self.config
-        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
+        extra = self.response_format(keys)
         tries = f"unreachable after {cfg.max_retries + 1} tries"
         try:
             resp = self._client.chat.completions.create(model=cfg.model, messages=messages,  # type: ignore[arg-type]
@@ -290,7 +311,7 @@ def _rate_one(judge: HTTPJudge | LocalJudge, prompt: str, keys: Sequence[str], t
         rating.tries = attempt + 1
         reply: str | None = None
         try:
-            reply = judge.complete(messages)
+            reply = judge.complete(messages, keys) if isinstance(judge, HTTPJudge) else judge.complete(messages)
             rating.scores, rating.clamped = parse_scores(reply, keys)
             rating.error = None
             break
@@ -349,7 +370,10 @@ def rate(judge: HTTPJudge | LocalJudge, prompts: Sequence[str], keys: Sequence[s
                 if bar is not None:
                     bar.update()
                 if len(done) == REJECTED_LIMIT and all(x.rejected for x in done.values()):
-                    failure = failure or JudgeError(f"the judge rejected the first {REJECTED_LIMIT} requests: {r.error}")
+                    hint = (" (a server without JSON-schema replies: JudgeConfig(json_mode='object'), or "
+                            "--judge_json_mode object)") if judge.config.json_mode == "schema" else ""
+                    failure = failure or JudgeError(f"the judge rejected the first {REJECTED_LIMIT} requests{hint}: "
+                                                    f"{r.error}")
         for f in pending:  # not started yet: never sent
             f.cancel()
     for f, i in futures.items():  # those in flight when it failed, finished since: kept too

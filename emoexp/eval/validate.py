@@ -34,7 +34,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,6 +75,8 @@ class Args:
     """At most this many real texts are judged (a seeded sample; null: all)."""
     judge_concurrency: int = 8
     """Requests sent to the judge at once (a serving engine such as vLLM batches them)."""
+    judge_json_mode: Literal["schema", "object", "off"] = "schema"
+    """How replies are constrained: a JSON schema of the five ratings, any JSON object, or not at all."""
 
 
 def _official(root: Path, family: str, alpha: str, limit: int | None = None) -> tuple[list[str], list[str]]:
@@ -224,7 +226,8 @@ def _against_judge(args: Args, real: list[dict[str, Any]]) -> dict[tuple[str, st
     rows = list(real)
     random.Random(0).shuffle(rows)
     rows = rows[:args.judge_limit] if args.judge_limit else rows
-    config = JudgeConfig.from_env(base_url=args.judge, model=args.judge_model, concurrency=args.judge_concurrency)
+    config = JudgeConfig.from_env(base_url=args.judge, model=args.judge_model, concurrency=args.judge_concurrency,
+                                  json_mode=args.judge_json_mode)
     judge = get_judge("judge", config)
     ratings = _judge_ratings(judge, [r["text"] for r in rows], Path(args.out) / JUDGE_RATINGS)
     keep = [i for i, r in enumerate(ratings) if r.scores]
