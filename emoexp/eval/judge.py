@@ -358,24 +358,26 @@ def rate(judge: HTTPJudge | LocalJudge, prompts: Sequence[str], keys: Sequence[s
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_rate_one, judge, p, keys, flags[i]): i for i, p in enumerate(prompts)}
         pending = set(futures)
-        while pending and failure is None:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in sorted(finished, key=futures.__getitem__):
-                if f.exception() is not None:
-                    failure = failure or f.exception()
-                    continue
-                done[futures[f]] = r = f.result()
-                if on_rating is not None:
-                    on_rating(futures[f], r)
-                if bar is not None:
-                    bar.update()
-                if len(done) == REJECTED_LIMIT and all(x.rejected for x in done.values()):
-                    hint = (" (a server without JSON-schema replies: JudgeConfig(json_mode='object'), or "
-                            "--judge_json_mode object)") if judge.config.json_mode == "schema" else ""
-                    failure = failure or JudgeError(f"the judge rejected the first {REJECTED_LIMIT} requests{hint}: "
-                                                    f"{r.error}")
-        for f in pending:  # not started yet: never sent
-            f.cancel()
+        try:
+            while pending and failure is None:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in sorted(finished, key=futures.__getitem__):
+                    if f.exception() is not None:
+                        failure = failure or f.exception()
+                        continue
+                    done[futures[f]] = r = f.result()
+                    if on_rating is not None:
+                        on_rating(futures[f], r)
+                    if bar is not None:
+                        bar.update()
+                    if len(done) == REJECTED_LIMIT and all(x.rejected for x in done.values()):
+                        hint = (" (a server without JSON-schema replies: JudgeConfig(json_mode='object'), or "
+                                "--judge_json_mode object)") if judge.config.json_mode == "schema" else ""
+                        failure = failure or JudgeError(f"the judge rejected the first {REJECTED_LIMIT} "
+                                                        f"requests{hint}: {r.error}")
+        finally:  # on a failure or Ctrl-C, what has not started is never sent
+            for f in pending:
+                f.cancel()
     for f, i in futures.items():  # those in flight when it failed, finished since: kept too
         if i not in done and not f.cancelled() and f.exception() is None:
             done[i] = f.result()
