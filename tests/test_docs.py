@@ -161,6 +161,9 @@ def _check_one(path: Path, line: int, command: str, note: str, sandbox: dict) ->
     if head in (".venv/bin/mlflow", "mlflow") or head in ("pip", "sbatch", "squeue", "scontrol", "export", "cd", "curl"):
         assert needs or head in ("pip", "export", "cd"), f"{where}: mark it `# needs: ...`"
         return
+    if head == "vllm" or words[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]:  # vLLM's own server
+        assert needs, f"{where}: mark it `# needs: ...`"
+        return
     if head in (".venv/bin/python", "python", ".venv-vllm/bin/python") and len(words) > 1 and words[1].endswith(".py"):
         assert (ROOT / words[1]).is_file(), where
         proc = _run([sys.executable, str(ROOT / words[1]), "--help"], sandbox)
