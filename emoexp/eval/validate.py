@@ -179,35 +179,36 @@ JUDGE_RATINGS = "judge_ratings.jsonl"
 
 def _judge_ratings(judge: Any, texts: list[str], path: Path) -> list[Any]:
     """The judge's rating of each text, reusing those saved in ``path`` by an earlier run with the
-    same judge (endpoint, model, prompt and settings: an interrupted run loses nothing), saving new ones as they come."""
-    import hashlib
+    same judge (endpoint, model, prompt, settings) and text, saving new ones as they come: an
+    interrupted run loses nothing."""
+    from dataclasses import asdict
 
+    from ..fingerprint import digest
     from .judge import EAS_PROMPT, Rating, rate_emotions
 
     c = judge.config
     asked = [judge.describe(), EAS_PROMPT, c.temperature, c.max_tokens, c.json_mode, c.max_chars, c.max_retries]
-
-    def key(text: str) -> str:
-        return hashlib.sha256(json.dumps([*asked, text]).encode()).hexdigest()[:24]
-
+    keys = [digest([*asked, t])[:24] for t in texts]
     saved: dict[str, Rating] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                saved[r["key"]] = Rating(r["scores"], r["clamped"], r["tries"], r["error"], r["truncated"], r["rejected"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short when the run was killed: asked again
-    keys = [key(t) for t in texts]
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    for line in old.splitlines():
+        try:
+            r = json.loads(line)
+            k = r.pop("key")
+            saved[k] = Rating(**r)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line cut short when the run was killed: asked again
     todo = [i for i, k in enumerate(keys) if k not in saved]
     if len(todo) < len(texts):
         log(f"validate-scorer: {len(texts) - len(todo)} judge ratings reused from {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
+        if old and not old.endswith("\n"):
+            fh.write("\n")  # end a cut-short line, so the next record starts on its own
+
         def keep(j: int, r: Rating) -> None:
             saved[keys[todo[j]]] = r
-            fh.write(json.dumps({"key": keys[todo[j]], "scores": r.scores, "clamped": r.clamped, "tries": r.tries,
-                                 "error": r.error, "truncated": r.truncated, "rejected": r.rejected}) + "\n")
+            fh.write(json.dumps({"key": keys[todo[j]], **asdict(r)}) + "\n")
             fh.flush()
 
         if todo:
