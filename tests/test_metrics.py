@@ -92,6 +92,31 @@ def test_eps_flags_truncated_text():
     assert load_metric("eps").compute(predictions=["word " * 400], backend="minilm-written")["truncated"] == [True]
 
 
+def test_encoder_windows_read_the_whole_text():
+    import torch
+
+    from emoexp.eval.encoders import TextEncoder
+
+    short = ["I am so happy today!", "What time is it?", ""]
+    long_a = " ".join(f"word{i}" for i in range(300)) + " I am terrified."
+    long_b = " ".join(f"word{i}" for i in range(300)) + " I am delighted."
+    cut, win = TextEncoder("minilm", max_length=128), TextEncoder("minilm", max_length=128, window=128, max_windows=16)
+    # a text inside one window reads as it does truncated: exactly
+    assert torch.equal(cut.encode(short).embeddings, win.encode(short).embeddings)
+    # truncation never sees the last words; windows do (and cover them, so nothing is flagged)
+    c, w = cut.encode([long_a, long_b]), win.encode([long_a, long_b])
+    assert torch.equal(c.embeddings[0], c.embeddings[1]) and c.truncated == [True, True]
+    assert not torch.allclose(w.embeddings[0], w.embeddings[1]) and w.truncated == [False, False]
+    assert torch.linalg.vector_norm(w.embeddings, dim=1) == pytest.approx([1.0, 1.0])
+    # batching does not change a text's embedding; past max_windows the rest is cut and flagged
+    assert torch.allclose(TextEncoder("minilm", window=128, batch_size=1).encode([long_a]).embeddings[0],
+                          w.embeddings[0], atol=1e-6)
+    few = TextEncoder("minilm", window=128, max_windows=2).encode([long_a, long_b])
+    assert few.truncated == [True, True] and torch.equal(few.embeddings[0], few.embeddings[1])
+    with pytest.raises(ValueError, match="window must be"):
+        TextEncoder("minilm", window=2)
+
+
 def test_tec_from_probabilities():
     probs = [[0.1, 0.05, 0.05, 0.3, 0.1, 0.4]] * 3
     out = load_metric("tec").compute(predictions=probs, references=["joy", "anger", ""], labels=LABELS)

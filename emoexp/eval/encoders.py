@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +56,16 @@ class TextEncoder:
     Args:
         spec: ``minilm`` (the packaged all-MiniLM-L6-v2), a folder, or a hub id.
         max_length: tokens kept per text (longer texts are truncated and flagged).
-        batch_size: texts per forward pass.
+        batch_size: texts (or windows) per forward pass.
         cache_size: embeddings of the most recent texts kept (EPS and topic share them).
+        window: read the whole text instead, in consecutive windows of this many tokens (special
+            tokens included), each embedded on its own; the text's embedding is the mean over all
+            windows' tokens, normalised. Only the tokens past ``max_windows`` windows are cut (and flagged).
+        max_windows: windows read per text at most.
     """
 
-    def __init__(self, spec: str = MINILM, *, max_length: int = 256, batch_size: int = 32, cache_size: int = 50_000):
+    def __init__(self, spec: str = MINILM, *, max_length: int = 256, batch_size: int = 32, cache_size: int = 50_000,
+                 window: int | None = None, max_windows: int = 16):
         from transformers import AutoModel, AutoTokenizer
 
         path = str(minilm_path()) if spec == MINILM else spec
@@ -70,13 +75,17 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
         limit = int(getattr(self.model.config, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, limit)
+        if window is not None and not 3 <= window <= limit:
+            raise ValueError(f"window must be 3 to {limit} tokens, not {window}")
+        self.window, self.max_windows = window, max(1, int(max_windows))
         self.batch_size = batch_size
         # Recent texts' embeddings: EPS and topic embed the same responses once.
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"TextEncoder({self.model_id!r}, max_length={self.max_length})"
+        read = f"window={self.window}" if self.window else f"max_length={self.max_length}"
+        return f"TextEncoder({self.model_id!r}, {read})"
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, before truncation."""
@@ -108,6 +117,8 @@ class TextEncoder:
         return Encoded(torch.stack([h[0] for h in hits]), [h[1] for h in hits])
 
     def _encode(self, texts: list[str], *, progress: bool) -> Encoded:
+        if self.window:
+            return self._encode_windows(texts, progress=progress)
         dim = int(self.model.config.hidden_size)
         truncated = [n > self.max_length for n in self.count_tokens(texts)]
         # Sorting by length keeps padding (and CPU time) low; results go back in input order.
@@ -128,13 +139,45 @@ class TextEncoder:
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1)
         return Encoded(out, truncated)
 
+    def _encode_windows(self, texts: list[str], *, progress: bool) -> Encoded:
+        """Each text cut into windows of ``self.window`` tokens; the mean over every window's tokens."""
+        assert self.window is not None
+        tok = self.tokenizer  # a fast tokenizer's overflow: each text's consecutive windows, special tokens each
+        enc = tok(texts, truncation=True, max_length=self.window, return_overflowing_tokens=True, verbose=False)
+        seen: Counter[int] = Counter()
+        pieces: list[tuple[int, list[int]]] = []  # (text index, ids of one window)
+        for i, ids in zip(enc["overflow_to_sample_mapping"], enc["input_ids"]):
+            seen[i] += 1
+            if seen[i] <= self.max_windows:
+                pieces.append((i, ids))
+        truncated = [seen[i] > self.max_windows for i in range(len(texts))]
+        dim = int(self.model.config.hidden_size)
+        sums, counts = torch.zeros(len(texts), dim), torch.zeros(len(texts), 1)
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
+        batches = range(0, len(pieces), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"embed ({self.model_id.split('/')[-1]}, windows)", unit="batch")
+        for start in batches:
+            idx = order[start:start + self.batch_size]
+            batch = tok.pad({"input_ids": [pieces[k][1] for k in idx]}, return_tensors="pt")
+            batch.pop("token_type_ids", None)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            owner = torch.tensor([pieces[k][0] for k in idx])
+            sums.index_add_(0, owner, (hidden * mask).sum(1))
+            counts.index_add_(0, owner, mask.sum(1))
+        out = torch.nn.functional.normalize(sums / counts.clamp(min=1.0), dim=-1)
+        return Encoded(out, truncated)
+
 
 @functools.lru_cache(maxsize=4)
-def get_encoder(spec: str = MINILM, max_length: int = 256) -> TextEncoder:
+def get_encoder(spec: str = MINILM, max_length: int = 256, window: int | None = None) -> TextEncoder:
     """A cached :class:`TextEncoder` (loading MiniLM takes about a second).
 
     Example:
         >>> get_encoder() is get_encoder()                               # doctest: +SKIP
         True
     """
-    return TextEncoder(spec, max_length=max_length)
+    return TextEncoder(spec, max_length=max_length, window=window)
