@@ -1,8 +1,8 @@
-"""Three ways to improve the default scorer, measured without the held-out family (docs/evaluation.md).
+"""Ways to improve the default scorer, measured without the held-out family (docs/evaluation.md).
 
 All by leave-one-family-out cross-validation over the labelled real text of every family but
-Qwen2.5 (which is never read here), with the shipped recipe (written + intense + profane replies
-and real text, normalised text, L2 1e-3):
+Qwen2.5 (whose texts are dropped before anything is fitted or scored), with the shipped recipe
+(written + intense + profane replies and real text, normalised text, L2 1e-3):
 
 1. **Reading the whole text.** The encoder keeps 256 tokens; over half of the long-answer
    families' texts are longer. Compared: truncation at 256 and 128 tokens, and windows of 64, 128,
@@ -13,7 +13,7 @@ and real text, normalised text, L2 1e-3):
    ``log p_head + w log p_zeroshot``, ``w`` tuned the same nested way.
 4. With ``--probe smollm2``: **a linear probe on a language model's hidden states** (the
    representation steering works in): the mean over a text's tokens of layer 10, 20, 25 or 30
-   (256 tokens, standardised), alone and beside the MiniLM embedding, each at its best L2 of
+   (256 tokens, standardised), alone and beside the MiniLM embedding (scaled by 1/2), each at its best L2 of
    1e-5, 1e-4, 1e-3 (so slightly flattered).
 
 Each against the head alone: pooled macro-F1, macro recall and recall per label over the
@@ -164,7 +164,7 @@ def main() -> None:
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = (f"{table}\n\n{len(order)} labelled real texts of {', '.join(fams)} (Qwen2.5 not read); tuned per outer "
+    text = (f"{table}\n\n{len(order)} labelled real texts of {', '.join(fams)} (Qwen2.5 left out); tuned per outer "
             f"family: {'; '.join(tuned)}.\n")
     (out / "alternatives.md").write_text(text)
     print(text)
