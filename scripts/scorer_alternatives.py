@@ -41,7 +41,7 @@ from emoexp.eval.classification import classification_report
 from emoexp.eval.classifiers import DESCRIPTIONS, ENSEMBLE_TEMPLATES, LABELS, ZeroShot
 from emoexp.eval.encoders import TextEncoder
 from emoexp.eval.normalise import normalise
-from emoexp.eval.training import _train_softmax, training_data
+from emoexp.eval.training import TrainingData, _train_softmax, grouped_cv, training_data
 
 HELD_OUT = ("qwen2.5",)
 PROBE_LAYERS, PROBE_L2 = (10, 20, 25, 30), (1e-5, 1e-4, 1e-3)
@@ -51,10 +51,18 @@ READING = {"truncated at 256 tokens (shipped)": {"max_length": 256}, "truncated 
            "windows of 256 tokens": {"window": 256}}
 
 
-def _logp(x: torch.Tensor, y: np.ndarray, train: np.ndarray, test: np.ndarray, l2: float = L2) -> np.ndarray:
-    tr = torch.from_numpy(train)
-    w, b = _train_softmax(x[tr], torch.from_numpy(y)[tr], l2, len(LABELS))
-    return torch.log_softmax(x[torch.from_numpy(test)] @ w.T + b, -1).numpy()
+def _lofo(data: TrainingData, x: torch.Tensor, l2: float = L2) -> np.ndarray:
+    """Every real text's logits from a head fitted without its family (:func:`grouped_cv`), in data
+    order; the written replies' rows are NaN."""
+    cv = grouped_cv(data, normalise=True, style=False, balanced=False, l2=l2, features=x)
+    out = np.full((len(data.ids), len(LABELS)), np.nan)
+    out[np.array(data.groups) != "written"] = cv["logits"]
+    return out
+
+
+def _without(data: TrainingData, drop: np.ndarray) -> TrainingData:
+    keep = np.flatnonzero(~drop)
+    return TrainingData(*([v[i] for i in keep] for v in (data.texts, data.labels, data.groups, data.ids)))
 
 
 def _hidden_means(spec: str, texts: list[str], layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
@@ -138,9 +146,7 @@ def main() -> None:
     rows, shipped, feats = [], None, {}
     for name, kw in READING.items():
         x = feats[name] = TextEncoder("minilm", **kw).encode(texts, progress=True).embeddings
-        pred = np.zeros(len(y), dtype=int)
-        for f in fams:
-            pred[g == f] = _logp(x, y, g != f, g == f).argmax(1)
+        pred = _lofo(data, x).argmax(1)
         shipped = pred[order] if shipped is None else shipped
         rows.append(_row(name, y[order], pred[order], None if name.endswith("(shipped)") else shipped, rng))
         print(rows[-1], flush=True)
@@ -149,31 +155,25 @@ def main() -> None:
     cos = x @ zs._hyp.T
     cos[:, -1] = cos[:, -1].clamp(min=float(zs.neutral_threshold))
     zlog = torch.log_softmax(cos / zs.temperature, -1).numpy()
+    full = _lofo(data, x)  # the outer predictions: each family by a head fitted without it
     off_pred, ens_pred, tuned = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int), []
-    for f in fams:  # nested: offsets and w tuned on the other families' inner out-of-family predictions
+    for f in fams:  # nested: offsets and w tuned on the other families' own out-of-family predictions
         te = g == f
-        inner = [(_logp(x, y, ~te & (g != h), g == h), y[g == h], zlog[g == h]) for h in fams if h != f]
-        ilp, iy, iz = (np.concatenate(v) for v in zip(*inner))
+        real = ~te & (g != "written")
+        ilp, iy, iz = _lofo(_without(data, te), x[torch.from_numpy(~te)])[real[~te]], y[real], zlog[real]
         off = _tune_offsets(ilp, iy)
         w = max(np.arange(0, 1.01, 0.1), key=lambda v: (_f1(iy, (ilp + v * iz).argmax(1)), -v))
-        lp = _logp(x, y, ~te, te)
-        off_pred[te], ens_pred[te] = (lp + off).argmax(1), (lp + w * zlog[te]).argmax(1)
+        off_pred[te], ens_pred[te] = (full[te] + off).argmax(1), (full[te] + w * zlog[te]).argmax(1)
         tuned.append(f"{f}: offsets {np.round(off[:5], 2).tolist()}, w {w:.1f}")
     rows.append(_row("+ per-label logit offsets (nested)", y[order], off_pred[order], shipped, rng))
     rows.append(_row("+ zero-shot ensemble (nested)", y[order], ens_pred[order], shipped, rng))
     if a.probe:
-        def lofo(feat: torch.Tensor, l2: float) -> np.ndarray:
-            pred = np.zeros(len(y), dtype=int)
-            for f in fams:
-                pred[g == f] = _logp(feat, y, g != f, g == f, l2).argmax(1)
-            return pred[order]
-
         for k, raw in _hidden_means(a.probe, texts, PROBE_LAYERS).items():
             h = _standardise(raw)[0]
             for name, feat in ((f"{a.probe} layer {k} probe", h), (f"MiniLM + {a.probe} layer {k}", torch.cat([x, h / 2], 1))):
                 best = None
                 for l2 in PROBE_L2:
-                    pred = lofo(feat, l2)
+                    pred = _lofo(data, feat, l2).argmax(1)[order]
                     if best is None or _f1(y[order], pred) > _f1(y[order], best[1]):
                         best = (l2, pred)
                 rows.append(_row(f"{name} (best L2 {best[0]:g})", y[order], best[1], shipped, rng))
@@ -208,28 +208,22 @@ def _heldout(spec: str, out: Path) -> None:
         for l2 in PROBE_L2:
             cands[(f"MiniLM + {spec} layer {k}", l2)] = (torch.cat([m, h / 2], 1), torch.cat([m_test, h_test / 2], 1))
 
-    def predict(x: torch.Tensor, l2: float, train: np.ndarray, test_mask: np.ndarray) -> np.ndarray:
-        return _logp(x, y, train, test_mask, l2).argmax(1)
-
-    def lofo(key: tuple, families: list[str], exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        yy, pp = [], []
-        for f in families:
-            pp.append(predict(cands[key][0], key[1], ~exclude & (g != f), g == f))
-            yy.append(y[g == f])
-        return np.concatenate(yy), np.concatenate(pp)
-
+    full = {key: _lofo(data, x, key[1]) for key, (x, _) in cands.items()}  # outer predictions, every candidate
     order = np.concatenate([np.flatnonzero(g == f) for f in fams])
-    nested, shipped, chosen = np.zeros(len(y), dtype=int), np.zeros(len(y), dtype=int), []
-    none = np.zeros(len(y), dtype=bool)
+    shipped_key = ("MiniLM alone (shipped)", L2)
+    nested, chosen = np.zeros(len(y), dtype=int), []
     for f in fams:  # nested: the inner folds (the other families) choose, the outer family scores
         te = g == f
-        inner = [h for h in fams if h != f]
-        best = max(cands, key=lambda key: _f1(*lofo(key, inner, te)))
+        real = ~te & (g != "written")
+        inner = {key: _f1(y[real], _lofo(_without(data, te), x[torch.from_numpy(~te)], key[1])[real[~te]].argmax(1))
+                 for key, (x, _) in cands.items()}
+        best = max(cands, key=inner.__getitem__)
         chosen.append(f"{f}: {best[0]}, L2 {best[1]:g}")
         print(chosen[-1], flush=True)
-        nested[te] = predict(cands[best][0], best[1], ~te, te)
-        shipped[te] = predict(m, L2, ~te, te)
+        nested[te] = full[best][te].argmax(1)
+    shipped = full[shipped_key].argmax(1)
     rng = np.random.default_rng(0)
+
     def neutral_p(yy: np.ndarray, pred: np.ndarray) -> dict:
         return {"neutral P": classification_report(yy, pred, LABELS)["per_label"]["neutral"]["precision"]}
 
@@ -237,11 +231,9 @@ def _heldout(spec: str, out: Path) -> None:
             | neutral_p(y[order], shipped[order]),
             _row(f"MiniLM + {spec}, layer and L2 chosen nested (out of family)", y[order], nested[order],
                  shipped[order], rng) | neutral_p(y[order], nested[order])]
-    final = max(cands, key=lambda key: _f1(*lofo(key, fams, none)))  # the choice on all four families
-    everything = np.ones(len(y), dtype=bool)
-    for name, key in (("shipped recipe", ("MiniLM alone (shipped)", L2)), (f"{final[0]}, L2 {final[1]:g}", final)):
-        tr = torch.from_numpy(everything)
-        w, b = _train_softmax(cands[key][0][tr], torch.from_numpy(y), key[1], len(LABELS))
+    final = max(cands, key=lambda key: _f1(y[order], full[key][order].argmax(1)))  # the choice on all four families
+    for name, key in (("shipped recipe", shipped_key), (f"{final[0]}, L2 {final[1]:g}", final)):
+        w, b = _train_softmax(cands[key][0], torch.from_numpy(y), key[1], len(LABELS))  # every training text
         pred = (cands[key][1] @ w.T + b).argmax(-1).numpy()
         rows.append(_row(f"{name} on the held-out {HELD_OUT[0]} ({len(test)} texts)", y_test, pred, None, rng)
                     | neutral_p(y_test, pred) | {"Δ macro-F1 vs shipped [95% CI]": "(held out)"})
