@@ -219,9 +219,8 @@ def test_concurrent_failure_keeps_the_finished_prefix():
         i = _number(body)
         return ("status", 403) if i >= 6 else {**VALID, "anger": i}
 
-    with Server([reply]) as srv:
-        with pytest.raises(JudgeError) as ei:
-            rate_emotions(get_judge("judge", config(srv.url, concurrency=4)), [f"text number {i}" for i in range(12)])
+    with Server([reply]) as srv, pytest.raises(JudgeError) as ei:
+        rate_emotions(get_judge("judge", config(srv.url, concurrency=4)), [f"text number {i}" for i in range(12)])
     assert "rejected" in str(ei.value)
     assert [r.scores["anger"] for r in ei.value.completed] == list(range(len(ei.value.completed)))
     assert len(ei.value.completed) <= 6

@@ -82,6 +82,92 @@ def test_held_out_family_meets_what_the_docs_report(labelled):
     assert rep["macro_f1"] > old["macro_f1"] + 0.04  # the written-reply head: 0.72 against 0.77
 
 
+READINGS = Path(__file__).resolve().parent / "data" / "probe_readings.safetensors"
+
+
+def test_the_probe_reader_batched_equals_one_at_a_time():
+    """The LM reader's token mean does not depend on batch company or padding, cuts and flags at
+    max_length, and refuses a layer the model does not have."""
+    from emoexp.eval.probe import HiddenMeans
+
+    texts = ["I am so angry!", "", "the bus leaves at nine " * 6, "joy", "HOW DARE THEY 🤬🤬", "a b c d e f g"]
+    reader = HiddenMeans("tiny-random-llama", layer=2, max_length=12, batch_size=4, device="cpu")
+    together = reader.encode(texts)
+    alone = [HiddenMeans("tiny-random-llama", layer=2, max_length=12, device="cpu").encode([t]) for t in texts]
+    assert torch.allclose(together.embeddings, torch.cat([a.embeddings for a in alone]), atol=1e-5)
+    assert together.truncated == [False, False, True, False, False, False]
+    other_layer = HiddenMeans("tiny-random-llama", layer=1, max_length=12, device="cpu").encode(texts[:1])
+    assert not torch.allclose(other_layer.embeddings, together.embeddings[:1])
+    with pytest.raises(ValueError, match="not layer 99"):
+        HiddenMeans("tiny-random-llama", layer=99)
+
+
+@pytest.fixture(scope="module")
+def readings():
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(READINGS), framework="pt") as f:
+        meta = f.metadata()
+    return load_file(str(READINGS)) | {"meta": meta}
+
+
+@needs_official
+def test_the_probe_head_is_a_refit_and_its_readings_are_recomputed(readings, labelled):
+    """minilm-smollm2: the fixture of SmolLM2 readings (written by scripts/fit_probe_head.py) is of
+    this training text and recomputes on a seeded sample; a refit from it equals the shipped head."""
+    from emoexp.eval.classifiers import PROBE_HEAD_PATH
+    from emoexp.eval.training import probe_readings
+
+    head = EmotionHead.load(PROBE_HEAD_PATH, name="minilm-smollm2")
+    data = training_data(held_out=HELD_OUT)
+    test = [r["text"] for r in labelled if family(r) in HELD_OUT]
+    assert readings["meta"]["train"] == digest(data.texts) and readings["meta"]["heldout"] == digest(test)
+    assert json.loads(readings["meta"]["probe"]) == head.meta["probe"]
+    rng = np.random.default_rng(0)
+    i, j = rng.choice(len(data.texts), 8, replace=False), rng.choice(len(test), 4, replace=False)
+    again = probe_readings([data.texts[k] for k in i] + [test[k] for k in j], head.meta["probe"])
+    assert torch.allclose(again, torch.cat([readings["train"][i], readings["heldout"][j]]), atol=1e-4)
+    refit = fit_head(data.texts, data.labels, normalise=True, l2=head.meta["l2"], probe=head.meta["probe"],
+                     probe_raw=readings["train"])
+    assert head.meta["train_fingerprint"] == refit.meta["train_fingerprint"]
+    assert torch.allclose(refit.weight, head.weight, atol=1e-4) and torch.allclose(refit.bias, head.bias, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(refit.probe_stats, head.probe_stats))
+
+
+@needs_official
+def test_the_probe_head_meets_the_aim_on_the_held_out_family(readings, labelled):
+    """On Qwen2.5 (no scorer fitted or chosen on it): macro recall >= 0.8 and every emotion >= 0.7,
+    where the minilm head misses fear; the numbers docs/evaluation.md reports."""
+    from emoexp.eval.classification import calibration
+    from emoexp.eval.classifiers import PROBE_HEAD_PATH
+
+    head = EmotionHead.load(PROBE_HEAD_PATH, name="minilm-smollm2")
+    test = [r for r in labelled if family(r) in HELD_OUT]
+    y = np.array([LABELS.index(r["label"]) for r in test])
+    x = head.features([r["text"] for r in test], probe_raw=readings["heldout"])[0]
+    probs = torch.softmax((x @ head.weight.T + head.bias) / head.meta["temperature"], -1).numpy()
+    rep = classification_report(y, probs.argmax(1), LABELS)
+    assert rep["macro_recall"] >= 0.8 and rep["macro_recall"] == pytest.approx(0.83, abs=0.01), rep
+    assert min(rep["per_label"][e]["recall"] for e in LABELS[:5]) >= 0.7, rep
+    assert rep["per_label"]["neutral"]["precision"] >= 0.9 and rep["per_label"]["neutral"]["recall"] >= 0.8
+    assert calibration(probs, y)["ece"] < 0.1
+    old = get_classifier("minilm").predict([r["text"] for r in test]).probs.argmax(1)
+    assert classification_report(y, old, LABELS)["per_label"]["fear"]["recall"] < 0.7
+
+
+def test_the_probe_head_reads_text_end_to_end():
+    """The whole path (normalise, MiniLM, SmolLM2, head): the issue's anger example reads as anger,
+    a bus timetable as neutral, and the identity names the scorer and differs from minilm's."""
+    clf = get_classifier("minilm-smollm2")
+    res = clf.predict(["I'm so freakin' MAD, I could just KILL someone! 🤬", "The bus leaves at nine."])
+    assert [LABELS[k] for k in res.probs.argmax(1)] == ["anger", "neutral"]
+    assert res.config["fingerprint"] == scorer_identity("minilm-smollm2") != scorer_identity("minilm")
+    assert res.config["probe"] == {"model": "smollm2", "layer": 30, "max_length": 256, "scale": 0.5}
+    with pytest.raises(ValueError, match="needs its mean and std"):
+        EmotionHead(clf.weight, clf.bias, clf.meta)
+
+
 def test_normalise_names_emoji_and_cuts_loops():
     assert normalise("so MAD 😡😡😡😡😡") == "so MAD (enraged face) (enraged face)"
     assert normalise("**bold** I can't I can't I can't I can't go") == "bold I can't I can't go"

@@ -33,8 +33,9 @@ class Backends:
     """Which backend computes each metric.
 
     Attributes:
-        eps: ``minilm`` | ``minilm-zeroshot`` | ``minilm-ensemble`` | ``minilm-proto`` |
-            ``embed:<encoder>`` | ``nli:<model>`` (:mod:`emoexp.eval.classifiers`).
+        eps: ``minilm`` | ``minilm-smollm2`` | ``minilm-written`` | ``minilm-zeroshot`` |
+            ``minilm-ensemble`` | ``minilm-proto`` | ``embed:<encoder>`` | ``nli:<model>``
+            (:mod:`emoexp.eval.classifiers`).
         topic: ``minilm`` | ``embed:<encoder>`` | ``judge`` | ``hf:<model>``.
         perplexity: reference LM, any :func:`emoexp.models.load_model` spec (the paper: the
             unsteered model being studied).

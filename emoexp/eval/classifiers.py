@@ -8,6 +8,12 @@ Backends (the ``eps`` spec of :class:`emoexp.eval.backends.Backends`):
   trained on emoexp's written replies and on hand-labelled real model text
   (:mod:`emoexp.eval.real_text`) by :mod:`emoexp.eval.training`, chosen by cross-validation
   grouped by model family, never fitted on Qwen2.5 text (held out: docs/evaluation.md).
+- ``minilm-smollm2``: the same recipe with a second reader beside MiniLM: the mean over the
+  text's tokens of SmolLM2-135M-Instruct's last hidden layer (layer 30, 256 tokens,
+  :mod:`emoexp.eval.probe`), standardised on the training text; chosen by nested
+  leave-one-family-out, the only change that beat the MiniLM head beyond its CI
+  (``emoexp/data/emotion_head_smollm2.safetensors``; docs/evaluation.md). It runs a 135M model
+  over every text: about 10x MiniLM's time on a CPU.
 - ``minilm-written`` (the default before 2026-12-06): the same layer over raw-text embeddings,
   trained on the written replies only (``emoexp/data/emotion_head.safetensors``).
 - ``minilm-zeroshot`` (the former default, kept for comparison): cosine between the text and
@@ -33,6 +39,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,9 +47,12 @@ import torch
 from ..vocab import EMOTIONS
 from .encoders import MINILM, get_encoder, minilm_path
 
+if TYPE_CHECKING:  # it loads a language model: imported when a head with a probe first reads
+    from .probe import HiddenMeans
+
 __all__ = [
-    "DEFAULT_TEMPLATE", "HEAD_PATH", "LABELS", "NEUTRAL", "REAL_HEAD_PATH", "EmotionHead", "EmotionResult",
-    "NLIZeroShot", "Prototypes", "ZeroShot", "get_classifier", "load_labelled", "scorer_identity",
+    "DEFAULT_TEMPLATE", "HEAD_PATH", "LABELS", "NEUTRAL", "PROBE_HEAD_PATH", "REAL_HEAD_PATH", "EmotionHead",
+    "EmotionResult", "NLIZeroShot", "Prototypes", "ZeroShot", "get_classifier", "load_labelled", "scorer_identity",
 ]
 
 NEUTRAL = "neutral"
@@ -53,6 +63,8 @@ DEFAULT_TEMPLATE = "This text expresses {}."
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "emotion_head.safetensors"
 #: The default head (``minilm``): written replies and labelled real model text.
 REAL_HEAD_PATH = HEAD_PATH.with_name("emotion_head_real.safetensors")
+#: ``minilm-smollm2``: the default head's data, MiniLM beside SmolLM2's hidden states.
+PROBE_HEAD_PATH = HEAD_PATH.with_name("emotion_head_smollm2.safetensors")
 #: Several ways to say each label, for ``minilm-ensemble``.
 DESCRIPTIONS = {
     "anger": ("anger", "irritation and outrage", "frustration and resentment"),
@@ -142,32 +154,60 @@ class Prototypes:
 class EmotionHead:
     """A softmax layer over sentence embeddings: ``p = softmax((W x + b) / T)``, where ``x`` is the
     embedding of the text (normalised first when ``meta["normalise"]``), followed by its
-    :func:`~emoexp.eval.normalise.style_features` when ``meta["style"]``, and ``T`` is
+    :func:`~emoexp.eval.normalise.style_features` when ``meta["style"]``, then by a language
+    model's reading of it when ``meta["probe"]`` (:mod:`emoexp.eval.probe`: ``(h - mean) / std /
+    sqrt(dims) * scale``, with the mean and deviation of the training text); ``T`` is
     ``meta["temperature"]`` (1 when absent).
 
     Args:
-        weight: ``[6, D]`` (``D`` = embedding size, + 5 with style features); bias: ``[6]``.
-        meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores, features).
+        weight: ``[6, D]`` (``D`` = embedding size, + 5 with style features, + the LM's hidden
+            size with a probe); bias: ``[6]``.
+        meta: how it was fitted (data fingerprint, encoder, regularisation, CV scores, features;
+            ``probe``: ``{"model", "layer", "max_length", "scale"}``).
         name: the backend name it is selected by.
+        probe_stats: the probe's ``(mean, std)`` over the training text, ``[hidden]`` each.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, meta: dict | None = None, encoder: str = MINILM,
-                 name: str = MINILM):
+                 name: str = MINILM, probe_stats: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.weight, self.bias, self.meta = weight.float(), bias.float(), dict(meta or {})
         self.encoder = get_encoder(encoder)
         self.model_id, self.labels, self.name = self.encoder.model_id, LABELS, name
+        if bool(self.meta.get("probe")) != (probe_stats is not None):
+            raise ValueError("a head with a probe needs its mean and std, and only such a head has them")
+        self.probe_stats = None if probe_stats is None else (probe_stats[0].float(), probe_stats[1].float())
 
-    def features(self, texts: Sequence[str], *, progress: bool = False) -> tuple[torch.Tensor, list[bool]]:
-        """The head's input ``[N, D]`` for ``texts`` and each text's truncation flag."""
+    def probe_reader(self) -> HiddenMeans:
+        """The language model reader of ``meta["probe"]`` (loaded on first use)."""
+        from .probe import get_reader
+
+        p = self.meta["probe"]
+        return get_reader(p["model"], int(p["layer"]), int(p["max_length"]))
+
+    def features(self, texts: Sequence[str], *, progress: bool = False,
+                 probe_raw: torch.Tensor | None = None) -> tuple[torch.Tensor, list[bool]]:
+        """The head's input ``[N, D]`` for ``texts`` and each text's truncation flag (by either
+        reader). ``probe_raw``: the probe reader's output for these texts, if already computed."""
         from .normalise import normalise, style_features
 
         texts = list(texts)
-        enc = self.encoder.encode([normalise(t) for t in texts] if self.meta.get("normalise") else texts,
-                                  progress=progress)
-        x = enc.embeddings
+        read = [normalise(t) for t in texts] if self.meta.get("normalise") else texts
+        enc = self.encoder.encode(read, progress=progress)
+        x, truncated = enc.embeddings, enc.truncated
         if self.meta.get("style"):
             x = torch.cat([x, torch.from_numpy(style_features(texts))], dim=1)
-        return x, enc.truncated
+        if self.probe_stats is not None:
+            if probe_raw is None:
+                got = self.probe_reader().encode(read, progress=progress)
+                probe_raw, truncated = got.embeddings, [a or b for a, b in zip(truncated, got.truncated)]
+            x = torch.cat([x, self.standardise(probe_raw)], dim=1)
+        return x, truncated
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        """The probe's part of the features from its raw reading ``[N, hidden]``."""
+        assert self.probe_stats is not None
+        mean, std = self.probe_stats
+        return (raw - mean) / std / raw.shape[1] ** 0.5 * float(self.meta["probe"]["scale"])
 
     @classmethod
     def load(cls, path: str | Path = REAL_HEAD_PATH, name: str = MINILM) -> EmotionHead:
@@ -176,20 +216,25 @@ class EmotionHead:
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("emoexp", "{}"))
-            return cls(f.get_tensor("weight"), f.get_tensor("bias"), meta, name=name)
+            names = set(f.keys())
+            stats = (f.get_tensor("probe_mean"), f.get_tensor("probe_std")) if "probe_mean" in names else None
+            return cls(f.get_tensor("weight"), f.get_tensor("bias"), meta, name=name, probe_stats=stats)
 
     def save(self, path: str | Path = REAL_HEAD_PATH) -> Path:
         from safetensors.torch import save_file
 
         from ..vectors import default_mode
 
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path),
-                  metadata={"emoexp": json.dumps(self.meta, sort_keys=True)})
+        tensors = {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}
+        if self.probe_stats is not None:
+            tensors |= {"probe_mean": self.probe_stats[0].contiguous(), "probe_std": self.probe_stats[1].contiguous()}
+        save_file(tensors, str(path), metadata={"emoexp": json.dumps(self.meta, sort_keys=True)})
         default_mode(Path(path))
         return Path(path)
 
     def config(self) -> dict:
-        keep = ("train_fingerprint", "l2", "n_train", "version", "normalise", "style", "held_out", "temperature")
+        keep = ("train_fingerprint", "l2", "n_train", "version", "normalise", "style", "held_out", "temperature",
+                "probe")
         return {"backend": self.name, "model": self.model_id, **{k: self.meta.get(k) for k in keep},
                 "fingerprint": scorer_identity(self.name)}
 
@@ -271,6 +316,8 @@ def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | 
         return EmotionHead.load()
     if spec == "minilm-written":
         return EmotionHead.load(HEAD_PATH, name="minilm-written")
+    if spec == "minilm-smollm2":
+        return EmotionHead.load(PROBE_HEAD_PATH, name="minilm-smollm2")
     if spec == "minilm-zeroshot":
         return ZeroShot(MINILM)
     if spec == "minilm-ensemble":
@@ -282,12 +329,13 @@ def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | 
         return ZeroShot(name, name=f"embed:{name}")
     if sep and kind == "nli":
         return NLIZeroShot(name)
-    raise ValueError(f"unknown EPS backend {spec!r}: use 'minilm', 'minilm-zeroshot', 'minilm-ensemble', "
-                     "'minilm-proto', 'embed:<encoder>' or 'nli:<model>'")
+    raise ValueError(f"unknown EPS backend {spec!r}: use 'minilm', 'minilm-smollm2', 'minilm-written', "
+                     "'minilm-zeroshot', 'minilm-ensemble', 'minilm-proto', 'embed:<encoder>' or 'nli:<model>'")
 
 
 #: Bumped when a backend's code changes what it computes from the same weights.
-_BACKEND_CODE = {"minilm": 2, "minilm-written": 1, "minilm-zeroshot": 1, "minilm-ensemble": 1, "minilm-proto": 1}
+_BACKEND_CODE = {"minilm": 2, "minilm-smollm2": 1, "minilm-written": 1, "minilm-zeroshot": 1, "minilm-ensemble": 1,
+                 "minilm-proto": 1}
 
 
 @functools.lru_cache(maxsize=32)
@@ -312,9 +360,14 @@ def scorer_identity(spec: str = MINILM) -> str:
         raise ValueError(f"unknown EPS backend {spec!r}: use {', '.join(map(repr, _BACKEND_CODE))}, "
                          "'embed:<encoder>' or 'nli:<model>'")
     parts: dict[str, object] = {"spec": spec, "code": _BACKEND_CODE.get(spec, 1)}
-    if spec in (MINILM, "minilm-written"):
-        parts |= {"weights": file_sha256(REAL_HEAD_PATH if spec == MINILM else HEAD_PATH), "encoder": encoder_fp(MINILM)}
-        if spec == MINILM:  # it names emoji with the emoji package: its version shapes the text it reads
+    if spec in (MINILM, "minilm-smollm2", "minilm-written"):
+        weights = {MINILM: REAL_HEAD_PATH, "minilm-smollm2": PROBE_HEAD_PATH, "minilm-written": HEAD_PATH}[spec]
+        parts |= {"weights": file_sha256(weights), "encoder": encoder_fp(MINILM)}
+        if spec == "minilm-smollm2":  # the second reader: SmolLM2's files (converted once from its GGUF)
+            from ..models import smollm2_dir
+
+            parts["probe_model"] = folder_sha256(smollm2_dir())
+        if spec != "minilm-written":  # it names emoji with the emoji package: its version shapes the text it reads
             from importlib.metadata import PackageNotFoundError, version
 
             try:

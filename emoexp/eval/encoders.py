@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MINILM", "MINILM_ID", "Encoded", "TextEncoder", "get_encoder", "minilm_path"]
+__all__ = ["MINILM", "MINILM_ID", "CachedReader", "Encoded", "TextEncoder", "get_encoder", "minilm_path"]
 
 MINILM = "minilm"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -50,7 +50,46 @@ class Encoded:
     truncated: list[bool]
 
 
-class TextEncoder:
+class CachedReader:
+    """``encode(texts)`` through a cache of the most recent texts' readings; a subclass sets
+    ``cache_size`` and ``_cache`` (an ``OrderedDict``) and computes ``_encode(texts, progress)``
+    for texts not cached yet, and ``dim`` (its output size)."""
+
+    cache_size: int
+    _cache: OrderedDict[str, tuple[torch.Tensor, bool]]
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def _encode(self, texts: list[str], *, progress: bool) -> Encoded:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> Encoded:
+        """Read ``texts`` (empty input gives an empty ``[0, dim]`` tensor).
+
+        Args:
+            texts: strings to read.
+            progress: show a tqdm bar.
+        """
+        texts = list(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            fresh = self._encode(todo, progress=progress)
+            for i, t in enumerate(todo):
+                self._cache[t] = (fresh.embeddings[i], fresh.truncated[i])
+        if not texts:
+            return Encoded(torch.zeros(0, self.dim), [])
+        hits = [self._cache[t] for t in texts]
+        for t in texts[-self.cache_size:]:
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return Encoded(torch.stack([h[0] for h in hits]), [h[1] for h in hits])
+
+
+class TextEncoder(CachedReader):
     """Mean-pooled, L2-normalised sentence embeddings.
 
     Args:
@@ -87,34 +126,14 @@ class TextEncoder:
         read = f"window={self.window}" if self.window else f"max_length={self.max_length}"
         return f"TextEncoder({self.model_id!r}, {read})"
 
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, before truncation."""
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
-
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> Encoded:
-        """Embed ``texts`` (empty input gives an empty ``[0, D]`` tensor).
-
-        Args:
-            texts: strings to embed.
-            progress: show a tqdm bar.
-        """
-        texts = list(texts)
-        dim = int(self.model.config.hidden_size)
-        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if todo:
-            fresh = self._encode(todo, progress=progress)
-            for i, t in enumerate(todo):
-                self._cache[t] = (fresh.embeddings[i], fresh.truncated[i])
-        if not texts:
-            return Encoded(torch.zeros(0, dim), [])
-        hits = [self._cache[t] for t in texts]
-        for t in texts[-self.cache_size:]:
-            self._cache.move_to_end(t)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return Encoded(torch.stack([h[0] for h in hits]), [h[1] for h in hits])
 
     def _encode(self, texts: list[str], *, progress: bool) -> Encoded:
         if self.window:

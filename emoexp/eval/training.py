@@ -25,7 +25,8 @@ from .classification import classification_report
 from .classifiers import HEAD_PATH, LABELS, EmotionHead, load_labelled
 from .encoders import MINILM, get_encoder
 
-__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "training_data"]
+__all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "probe_readings",
+           "training_data"]
 
 WRITTEN = HEAD_PATH.with_name("emotion_text_train.jsonl")
 INTENSE = HEAD_PATH.with_name("emotion_text_intense.jsonl")
@@ -116,10 +117,23 @@ def _features(texts: Sequence[str], normalise: bool, style: bool, encoder: str) 
     return head.features(texts)[0]
 
 
+def probe_readings(texts: Sequence[str], probe: dict[str, Any], *, normalise: bool = True,
+                   progress: bool = False) -> torch.Tensor:
+    """A probe's raw reading ``[N, hidden]`` of ``texts`` (:mod:`emoexp.eval.probe`): what
+    :meth:`EmotionHead.features` computes for a head with ``meta["probe"] = probe``."""
+    from .normalise import normalise as norm
+    from .probe import get_reader
+
+    read = [norm(t) for t in texts] if normalise else list(texts)
+    reader = get_reader(probe["model"], int(probe["layer"]), int(probe["max_length"]))
+    return reader.encode(read, progress=progress).embeddings
+
+
 def fit_head(texts: Sequence[str], labels: Sequence[str], *,
              l2_grid: Sequence[float] = (1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
              folds: int = 5, seed: int = 0, encoder: str = MINILM, normalise: bool = False, style: bool = False,
-             balanced: bool = False, l2: float | None = None, meta: dict[str, Any] | None = None) -> EmotionHead:
+             balanced: bool = False, l2: float | None = None, meta: dict[str, Any] | None = None,
+             probe: dict[str, Any] | None = None, probe_raw: torch.Tensor | None = None) -> EmotionHead:
     """Fit :class:`EmotionHead` on labelled texts. With ``l2`` given it is used; otherwise it is
     chosen by stratified ``folds``-fold cross-validation (macro-F1) on these texts only.
 
@@ -128,6 +142,9 @@ def fit_head(texts: Sequence[str], labels: Sequence[str], *,
         style: append :func:`~emoexp.eval.normalise.style_features`.
         balanced: weight each class by the inverse of its count.
         meta: extra fields recorded in the head's metadata.
+        probe: also a language model's reading, ``{"model", "layer", "max_length", "scale"}``
+            (:class:`EmotionHead`), standardised by its mean and deviation over ``texts``.
+        probe_raw: that reading of ``texts`` if already computed (:func:`probe_readings`).
 
     Example:
         >>> head = fit_head(*load_labelled("emoexp/data/emotion_text_train.jsonl"))   # doctest: +SKIP
@@ -135,6 +152,13 @@ def fit_head(texts: Sequence[str], labels: Sequence[str], *,
     from ..fingerprint import digest
 
     x = _features(list(texts), normalise, style, encoder)
+    stats = None
+    if probe:
+        raw = probe_raw if probe_raw is not None else probe_readings(texts, probe, normalise=normalise)
+        stats = (raw.mean(0), raw.std(0).clamp(min=1e-6))
+        unfitted = EmotionHead(torch.zeros(len(LABELS), 1), torch.zeros(len(LABELS)), {"probe": probe}, encoder,
+                               probe_stats=stats)
+        x = torch.cat([x, unfitted.standardise(raw)], dim=1)
     y = torch.tensor([LABELS.index(lab) for lab in labels])
     scores: dict[float, float] = {}
     if l2 is None:
@@ -156,8 +180,8 @@ def fit_head(texts: Sequence[str], labels: Sequence[str], *,
     info = {"version": 2 if (normalise or style or balanced) else 1, "encoder": enc.model_id, "labels": list(LABELS),
             "l2": l2, "folds": folds, "seed": seed, "cv_macro_f1": {str(k): round(v, 4) for k, v in scores.items()},
             "n_train": len(y), "train_fingerprint": digest([list(texts), list(labels)]), "normalise": normalise,
-            "style": style, "balanced": balanced, **(meta or {})}
-    return EmotionHead(w, b, info, encoder)
+            "style": style, "balanced": balanced, **({"probe": dict(probe)} if probe else {}), **(meta or {})}
+    return EmotionHead(w, b, info, encoder, probe_stats=stats)
 
 
 def grouped_cv(data: TrainingData, *, normalise: bool, style: bool, balanced: bool, l2: float,
