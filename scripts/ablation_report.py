@@ -14,6 +14,8 @@ Run: .venv/bin/python scripts/ablation_report.py   (SmolLM2: outputs/ablation in
      .venv/bin/python scripts/ablation_report.py --sweeps outputs/ablation-gemma3 --doc docs/families.md \
          --marker ablation-gemma3
      --only a,b  reads only those sweep folders (docs/ablation.md has one section per group of axes)
+     --scorer minilm-smollm2  each point as re-scored by that scorer (`emoexp evaluate <folder> --eps NAME`
+         wrote <folder>/rescored/NAME/aggregate.csv): the best alpha per target is chosen again under it
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--per_emotion", action="store_true",
                         help="also a point x emotion table of the best gain within the limits (0.00: none)")
     parser.add_argument("--only", default="", help="comma-separated sweep folders to read (default: all of them)")
+    parser.add_argument("--scorer", default="", help="read each point's re-scoring by this scorer (rescored/NAME)")
     args = parser.parse_args()
     only = {s for s in args.only.split(",") if s}
     frames = []
@@ -46,6 +49,8 @@ def main() -> None:
         df = pd.read_csv(csv)
         if df.empty:
             continue
+        if args.scorer:
+            df = _rescored(df, args.scorer)
         axes = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain",
                                                    "within_limits", "topic_ratio", "rep_ratio", "beats_prompt",
                                                    "folder"}]
@@ -94,20 +99,44 @@ def main() -> None:
     doc.write_text(text[:a] + "\n" + "\n".join(lines) + "\n" + text[b:])
     print("\n".join(lines))
     if args.curves and args.plot:
-        plot_curves(all_, [e for e in args.curves.split(",") if e], args.plot, args.top)
+        plot_curves(all_, [e for e in args.curves.split(",") if e], args.plot, args.top, args.scorer)
         print(f"wrote {args.plot}")
 
 
-def _curve(folder: str, target: str, condition: str) -> pd.DataFrame:
+def _aggregate(folder: str, scorer: str = "") -> pd.DataFrame:
+    """A point's aggregate.csv: the run's own, or its re-scoring by ``scorer``."""
+    path = ROOT / folder / ("rescored/" + scorer if scorer else "") / "aggregate.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `emoexp evaluate {folder} --eps {scorer}` first" if scorer
+                         else f"{path} is missing")
+    return pd.read_csv(path)
+
+
+def _rescored(df: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """A sweep's rows (one per point, condition and target) recomputed from each point's re-scoring."""
+    from emoexp.eval.stats import best_per_target
+
+    fixed = [c for c in df.columns if c not in {"target", "unsteered", "prompt_gain", "alpha", "gain", "within_limits",
+                                                 "topic_ratio", "rep_ratio", "beats_prompt", "condition"}]
+    if "condition" not in df:
+        df = df.assign(condition="steered")
+    rows = []
+    for (_, condition), g in df.groupby(["folder", "condition"], sort=False):
+        point = g.iloc[0][fixed].to_dict()
+        rows += [{**point, **b} for b in best_per_target(_aggregate(point["folder"], scorer), condition=condition)]
+    return pd.DataFrame(rows)
+
+
+def _curve(folder: str, target: str, condition: str, scorer: str = "") -> pd.DataFrame:
     """One point's gain and topic ratio over unsteered, per alpha, for ``target`` under ``condition``."""
-    agg = pd.read_csv(ROOT / folder / "aggregate.csv")
+    agg = _aggregate(folder, scorer)
     base = agg[agg["condition"] == "unsteered"].iloc[0]
     rows = agg[(agg["condition"] == condition) & (agg["target"] == target)].sort_values("alpha")
     return pd.DataFrame({"alpha": rows["alpha"], "gain": rows[f"p_{target}"] - base[f"p_{target}"],
                          "topic_ratio": rows["topic"] / base["topic"]})
 
 
-def plot_curves(all_: pd.DataFrame, emotions: list[str], out: Path, top: int) -> None:
+def plot_curves(all_: pd.DataFrame, emotions: list[str], out: Path, top: int, scorer: str = "") -> None:
     """Per emotion: gain and topic ratio against alpha for its ``top`` best points within the limits."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -118,7 +147,7 @@ def plot_curves(all_: pd.DataFrame, emotions: list[str], out: Path, top: int) ->
     for (ax_gain, ax_topic), emotion in zip(axes, emotions):
         rows = all_[(all_["target"] == emotion) & all_["within_limits"].astype(bool)]
         for _, r in rows.sort_values("gain", ascending=False).head(top).iterrows():
-            c = _curve(r["folder"], emotion, r["condition"])  # steered, or prompt_steered (sweep.csv says which)
+            c = _curve(r["folder"], emotion, r["condition"], scorer)  # steered, or prompt_steered (sweep.csv says which)
             label = f"{r['sweep']}: {r['point']}"[:60]
             ax_gain.plot(c["alpha"], c["gain"], marker="o", label=label)
             ax_topic.plot(c["alpha"], c["topic_ratio"], marker="o", label=label)
