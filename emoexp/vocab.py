@@ -21,6 +21,7 @@ __all__ = [
     "COMPILE_MODES",
     "CONDITIONS",
     "DEFAULT_CONDITIONS",
+    "DEFAULT_EPS",
     "DTYPES",
     "EMOTIONS",
     "METHODS",
@@ -116,3 +117,7 @@ ENGINES: tuple[str, ...] = get_args(Engine)
 #: Metrics of :func:`emoexp.score`.
 Metric = Literal["eps", "tec", "topic", "perplexity", "repetition", "eas"]
 METRICS: tuple[str, ...] = get_args(Metric)
+
+#: The default emotion scorer (``emoexp.eval.classifiers``): MiniLM beside SmolLM2's layer-30
+#: states, since 2026-12-07 (``minilm`` from 2026-12-06, ``minilm-written`` before).
+DEFAULT_EPS = "minilm-smollm2"

@@ -1,8 +1,8 @@
 """Check the paper's trends on the authors' released generations with emoexp's offline backends.
 
 Scores every answer in ``<data>/results`` (4 families × 5 α of the base EV; Qwen2.5 × 5
-emotions × 4 α) with the offline EPS (the default head, trained on real model text;
-``--eps minilm-written`` for the scorer of 2026-12-02 to 12-06, ``minilm-zeroshot`` before), topic (MiniLM cosine) and repetition metrics, and
+emotions × 4 α) with the offline EPS (the default, ``minilm-smollm2``; ``--eps minilm`` for the
+scorer of 2026-12-06 to 12-07, ``minilm-written`` for 2026-12-02 to 12-06, ``minilm-zeroshot`` before), topic (MiniLM cosine) and repetition metrics, and
 perplexity (SmolLM2-135M-Instruct) on every ``--ppl-every``-th query of the base files.
 Aggregates per (family, target, α) with bootstrap 95% CIs, checks
 
@@ -33,12 +33,13 @@ from emoexp.eval import score
 from emoexp.eval.stats import aggregate
 from emoexp.recipes.evaluate import read_official
 from emoexp.vectors import EMOTIONS
+from emoexp.vocab import DEFAULT_EPS
 
 BEGIN, END = "<!-- official-trends:begin -->", "<!-- official-trends:end -->"
 RISE = (-1.0, 0.0, 1.0, 2.0)
 
 
-def score_all(rows: pd.DataFrame, ppl_every: int, eps: str = "minilm") -> pd.DataFrame:
+def score_all(rows: pd.DataFrame, ppl_every: int, eps: str = DEFAULT_EPS) -> pd.DataFrame:
     """Per-row scores of the authors' generations (offline backends, EPS by ``eps``)."""
     base = rows[rows["target"] == "base"]
     emo = rows[rows["target"] != "base"]
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-every", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=1, help="score every N-th query only (smoke runs)")
-    p.add_argument("--eps", default="minilm", help="EPS classifier (minilm-written: 2026-12-02 to 12-06; minilm-zeroshot: before)")
+    p.add_argument("--eps", default=DEFAULT_EPS,
+                   help="EPS classifier (minilm: 2026-12-06 to 12-07; minilm-written: 2026-12-02 to 12-06; minilm-zeroshot: before)")
     p.add_argument("--reuse", action="store_true", help="reuse <out>/scores.csv instead of scoring again")
     args = p.parse_args(argv)
     out = Path(args.out)

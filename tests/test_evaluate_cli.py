@@ -52,7 +52,7 @@ def test_evaluate_jsonl_writes_rows_aggregates_and_meta(jsonl, tmp_path):
     assert {"model", "condition", "target", "alpha", "n", "intensity", "intensity_ci_low", "intensity_ci_high"} <= set(agg)
     assert len(agg) == 3
     md = (tmp_path / "out" / "scores.aggregate.md").read_text()
-    assert "minilm (sentence-transformers/all-MiniLM-L6-v2)" in md and " [" in md
+    assert "minilm-smollm2 (sentence-transformers/all-MiniLM-L6-v2)" in md and " [" in md
     meta = json.loads((tmp_path / "out" / "scores.meta.json").read_text())
     assert meta["rows"] == 4 and meta["error"] is None and meta["rows_with_issues"] == 1
     assert meta["backends"]["perplexity"]["model"] == "tiny-random-llama"

@@ -68,7 +68,7 @@ def test_repetition_short_text_has_no_ngrams():
     assert out["repetition"] == [0.0] and out["distinct_1"] == [1.0] and math.isnan(out["distinct_2"][0])
 
 
-@pytest.mark.parametrize("backend", ["minilm", "minilm-written", "minilm-zeroshot", "minilm-ensemble", "minilm-proto"])
+@pytest.mark.parametrize("backend", ["minilm-smollm2", "minilm", "minilm-written", "minilm-zeroshot", "minilm-ensemble", "minilm-proto"])
 def test_eps_separates_each_emotion_from_neutral(backend):
     out = load_metric("eps").compute(predictions=[*EMOTION_TEXTS.values(), NEUTRAL_TEXT], backend=backend)
     assert out["labels"] == LABELS and out["config"]["backend"] == backend

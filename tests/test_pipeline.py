@@ -16,6 +16,7 @@ from conftest import MlflowServer
 from mlflow.tracking import MlflowClient
 
 from emoexp import EmotionVectors
+from emoexp.vocab import DEFAULT_EPS
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +137,7 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
     new = pd.read_json(out / "rescored" / "minilm-written" / "scores.jsonl", lines=True)
     old = pd.read_json(out / "scores.jsonl", lines=True)
     assert (out / "scores.jsonl").read_bytes() == before
-    assert set(new["scorer"]) == {scorer_identity("minilm-written")} and set(old["scorer"]) == {scorer_identity("minilm")}
+    assert set(new["scorer"]) == {scorer_identity("minilm-written")} and set(old["scorer"]) == {scorer_identity(DEFAULT_EPS)}
     key = ["id", "condition", "target", "alpha"]
     both = new.merge(old, on=key, suffixes=("", "_old"))
     assert len(both) == len(old) == len(new)
@@ -147,7 +148,7 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
     by = {}
     for c in children:
         by.setdefault(c.data.tags.get("emoexp.scorer"), []).append(c)
-    assert len(by[scorer_identity("minilm")]) == len(by[scorer_identity("minilm-written")]) == 31
+    assert len(by[scorer_identity(DEFAULT_EPS)]) == len(by[scorer_identity("minilm-written")]) == 31
     metrics = job["client"].get_run(parents[0].info.run_id).data.metrics
     assert metrics["minilm-written.n_generations"] == len(new)
     # the same from the MLflow parent alone, through the server
@@ -160,7 +161,7 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
             for c in children}
     for (key, sc), n in n_of.items():  # read from the run's own children only: not doubled by the earlier re-scoring
         if sc == scorer_identity("minilm-zeroshot"):
-            assert n == n_of[(key, scorer_identity("minilm"))], key
+            assert n == n_of[(key, scorer_identity(DEFAULT_EPS))], key
     via = pd.read_json(root / "outputs" / "rescored" / parents[0].info.run_id / "minilm-zeroshot" / "scores.jsonl",
                        lines=True)
     assert len(via) == len(old) and set(via["eps_backend"]) == {"minilm-zeroshot:sentence-transformers/all-MiniLM-L6-v2"}
@@ -170,7 +171,7 @@ def test_rescoring_the_run_with_another_scorer_adds_its_children_to_the_same_par
     uri = job["client"].tracking_uri
     own, other = load_children(["e2e"], uri=uri), load_children(["e2e"], uri=uri, scorer="minilm-written")
     assert len(own) == len(other) == 31
-    assert set(own["scorer"]) == {scorer_identity("minilm")} and set(other["scorer"]) == {scorer_identity("minilm-written")}
+    assert set(own["scorer"]) == {scorer_identity(DEFAULT_EPS)} and set(other["scorer"]) == {scorer_identity("minilm-written")}
     # a truncated generations file is refused with one line, and nothing is written
     cut = tmp_path / "cut"
     shutil.copytree(out, cut, ignore=shutil.ignore_patterns("rescored"))

@@ -18,6 +18,7 @@ from emoexp.eval.real_text import LABELS_PATH, LabelsError, kappa, load_labels, 
 from emoexp.eval.training import FAMILY_GROUPS, fit_head, training_data
 from emoexp.eval.validate import Args, main
 from emoexp.fingerprint import digest
+from emoexp.vocab import DEFAULT_EPS
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "official"
 needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="the paper authors' data is not beside this checkout")
@@ -195,7 +196,8 @@ def test_a_different_scorer_gives_a_different_run_identity():
     cfg = parse(RunConfig, ["--model", "tiny-random-llama", "--limit", "2"])
     other = parse(RunConfig, ["--model", "tiny-random-llama", "--limit", "2", "--evaluate.backends",
                               "{eps: minilm-written}"])
-    assert scorer_of(cfg) == scorer_identity("minilm") and scorer_of(other) == scorer_identity("minilm-written")
+    assert scorer_of(cfg) == scorer_identity(DEFAULT_EPS) == scorer_identity("minilm-smollm2")
+    assert scorer_of(other) == scorer_identity("minilm-written")
     a, b = prepare(cfg), prepare(other)
     assert a.identity["inputs"]["scorer"] == scorer_of(cfg)
     assert a.identity["sha"] != b.identity["sha"] and a.out_dir != b.out_dir

@@ -27,11 +27,12 @@ def test_score_columns_rows_and_provenance():
     assert df.loc[0, "p_joy"] > 0.5 and df.loc[0, "tec"] == df.loc[0, "p_joy"] and df.loc[0, "tec_top"] == 1.0
     assert math.isnan(df.loc[1, "tec"])  # no target
     assert df.loc[0, "intensity"] > df.loc[1, "intensity"]
-    assert (df["eps_backend"] == "minilm:sentence-transformers/all-MiniLM-L6-v2").all()
+    assert (df["eps_backend"] == "minilm-smollm2:sentence-transformers/all-MiniLM-L6-v2").all()
     assert (df["perplexity_backend"] == "causal-lm:tiny-random-llama").all()
     eps = df.attrs["backends"]["eps"]
-    assert eps["l2"] > 0 and eps["held_out"] == ["qwen2.5"] and eps["fingerprint"].startswith("minilm@")
+    assert eps["l2"] > 0 and eps["held_out"] == ["qwen2.5"] and eps["fingerprint"].startswith("minilm-smollm2@")
     assert eps["n_train"] > 720  # the written replies and the labelled real text
+    assert eps["probe"]["model"] == "smollm2"  # the default reads the text with SmolLM2 too
     old = emoexp.score(responses, metrics=["eps"], backend={"eps": "minilm-zeroshot"})  # the old scorer, selectable
     assert old.attrs["backends"]["eps"]["templates"] == ["This text expresses {}."]
     assert df["issues"].tolist() == ["", ""] and df["truncated"].tolist() == ["", ""]

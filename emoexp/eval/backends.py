@@ -1,7 +1,8 @@
 """Which backend computes each metric: the :class:`Backends` settings and named presets.
 
-``offline`` (default) needs no network: the trained MiniLM emotion head for EPS (the old
-zero-shot scorer is ``eps: minilm-zeroshot``), MiniLM cosine for topic, SmolLM2-135M-Instruct
+``offline`` (default) needs no network: the trained emotion head over MiniLM and SmolLM2
+states for EPS (``minilm-smollm2``; the MiniLM-only head is ``eps: minilm``, the old zero-shot
+scorer ``eps: minilm-zeroshot``), MiniLM cosine for topic, SmolLM2-135M-Instruct
 perplexity (the pipeline sets it to the studied model), no EAS. ``paper`` is the paper's setup:
 bart-large-mnli EPS (by hub id) and an LLM judge for topic and EAS (``EMOEXP_JUDGE_*``).
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..vocab import DEFAULT_EPS
 from .judge import JudgeConfig
 
 __all__ = ["PRESETS", "Backends"]
@@ -46,7 +48,7 @@ class Backends:
         progress: show progress bars.
     """
 
-    eps: str = "minilm"
+    eps: str = DEFAULT_EPS
     topic: str = "minilm"
     perplexity: str = "smollm2"
     eas: str | None = None

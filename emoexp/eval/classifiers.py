@@ -2,18 +2,17 @@
 
 Backends (the ``eps`` spec of :class:`emoexp.eval.backends.Backends`):
 
-- ``minilm`` (offline default): a softmax layer over all-MiniLM-L6-v2 embeddings of the
-  normalised text (emoji named, loops shortened: :mod:`emoexp.eval.normalise`; style features
-  were measured and not chosen), in ``emoexp/data/emotion_head_real.safetensors``,
-  trained on emoexp's written replies and on hand-labelled real model text
-  (:mod:`emoexp.eval.real_text`) by :mod:`emoexp.eval.training`, chosen by cross-validation
-  grouped by model family, never fitted on Qwen2.5 text (held out: docs/evaluation.md).
-- ``minilm-smollm2``: the same recipe with a second reader beside MiniLM: the mean over the
-  text's tokens of SmolLM2-135M-Instruct's last hidden layer (layer 30, 256 tokens,
-  :mod:`emoexp.eval.probe`), standardised on the training text; chosen by nested
-  leave-one-family-out, the only change that beat the MiniLM head beyond its CI
-  (``emoexp/data/emotion_head_smollm2.safetensors``; docs/evaluation.md). It runs a 135M model
-  over every text: about 10x MiniLM's time on a CPU.
+- ``minilm-smollm2`` (offline default since 2026-12-07): a softmax layer over two readings of
+  the normalised text (emoji named, loops shortened: :mod:`emoexp.eval.normalise`): its
+  all-MiniLM-L6-v2 embedding and the mean over its tokens of SmolLM2-135M-Instruct's last hidden
+  layer (layer 30, 256 tokens, :mod:`emoexp.eval.probe`), standardised on the training text;
+  in ``emoexp/data/emotion_head_smollm2.safetensors``, trained on emoexp's written replies and on
+  hand-labelled real model text (:mod:`emoexp.eval.real_text`) by :mod:`emoexp.eval.training`,
+  the second reader chosen by nested cross-validation grouped by model family, never fitted on
+  Qwen2.5 text (held out: docs/evaluation.md). It runs a 135M model over every text (on CUDA when
+  there is one): about 10x MiniLM's time on a CPU.
+- ``minilm`` (the default from 2026-12-06 to 2026-12-07): the same without the second reader
+  (``emoexp/data/emotion_head_real.safetensors``).
 - ``minilm-written`` (the default before 2026-12-06): the same layer over raw-text embeddings,
   trained on the written replies only (``emoexp/data/emotion_head.safetensors``).
 - ``minilm-zeroshot`` (the former default, kept for comparison): cosine between the text and
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..vocab import EMOTIONS
+from ..vocab import DEFAULT_EPS, EMOTIONS
 from .encoders import MINILM, get_encoder, minilm_path
 
 if TYPE_CHECKING:  # it loads a language model: imported when a head with a probe first reads
@@ -305,7 +304,7 @@ class NLIZeroShot:
 
 
 @functools.lru_cache(maxsize=8)
-def get_classifier(spec: str = MINILM) -> ZeroShot | Prototypes | EmotionHead | NLIZeroShot:
+def get_classifier(spec: str = DEFAULT_EPS) -> ZeroShot | Prototypes | EmotionHead | NLIZeroShot:
     """A cached emotion classifier from a spec (see the module doc).
 
     Example:
@@ -339,7 +338,7 @@ _BACKEND_CODE = {"minilm": 2, "minilm-smollm2": 1, "minilm-written": 1, "minilm-
 
 
 @functools.lru_cache(maxsize=32)
-def scorer_identity(spec: str = MINILM) -> str:
+def scorer_identity(spec: str = DEFAULT_EPS) -> str:
     """``<name>@<12 hex digits>``: the scorer's name and a hash of everything that shapes its
     numbers (its weight or training file, its encoder's files, its code version), without
     loading a model. Two scorers never share an identity; scores carry it (``scorer`` column,

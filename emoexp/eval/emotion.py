@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..vocab import EMOTIONS
+from ..vocab import DEFAULT_EPS, EMOTIONS
 from .classifiers import NEUTRAL, get_classifier
 
 __all__ = ["emotion_probabilities", "resolve_target", "target_confidence"]
@@ -26,7 +26,7 @@ __all__ = ["emotion_probabilities", "resolve_target", "target_confidence"]
 _NO_TARGET = ("base", "none", "")
 
 
-def emotion_probabilities(texts: Sequence[str], backend: str = "minilm", *, progress: bool = False) -> dict[str, Any]:
+def emotion_probabilities(texts: Sequence[str], backend: str = DEFAULT_EPS, *, progress: bool = False) -> dict[str, Any]:
     """``{"labels", "probs" [N, 6], "intensity" [N], "truncated", "config"}`` for each text."""
     res = get_classifier(backend).predict(list(texts), progress=progress)
     k = res.labels.index(NEUTRAL)

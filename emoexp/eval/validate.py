@@ -4,8 +4,9 @@ Every number emoexp reports rests on the EPS classifier, so each backend is meas
 
 - ``real-heldout``: hand-labelled real model text (:mod:`emoexp.eval.real_text`, six labels,
   read blind to the steering target) of the family no scorer was fitted or chosen on (Qwen2.5);
-- ``real-all``: all the hand-labelled real text (the default ``minilm`` head was fitted on the
-  other families' part of it: only the written-reply heads and zero-shot scorers see it fresh);
+- ``real-all``: all the hand-labelled real text (the trained heads, the default
+  ``minilm-smollm2`` and ``minilm``, were fitted on the other families' part of it: only the
+  written-reply heads and zero-shot scorers see it fresh);
 - ``train-cv``: emoexp's written training replies (``emoexp/data/emotion_text_train.jsonl``, 720,
   six labels) with 5-fold cross-validation for the backends fitted on them alone
   (``minilm-written``, the prototypes);
@@ -52,8 +53,8 @@ LABELS6 = (*EMOTIONS, "neutral")
 class Args:
     """``emoexp validate-scorer``: precision, recall, F1, confusion and calibration of the EPS backends."""
 
-    backends: list[str] = field(default_factory=lambda: ["minilm", "minilm-written", "minilm-zeroshot",
-                                                        "minilm-ensemble", "minilm-proto"])
+    backends: list[str] = field(default_factory=lambda: ["minilm-smollm2", "minilm", "minilm-written",
+                                                        "minilm-zeroshot", "minilm-ensemble", "minilm-proto"])
     """EPS backends to measure (emoexp.eval.classifiers specs)."""
     official: str | None = "../shared/data/official"
     """The paper authors' release (its results/emotion/<family>/<alpha>/<emotion>.json); null to skip."""
@@ -63,6 +64,8 @@ class Args:
     """Which alpha's generations (the authors' folder name)."""
     official_limit: int | None = None
     """At most this many of the authors' answers per emotion (the first ones; null: all 400)."""
+    real_limit: int | None = None
+    """At most this many hand-labelled texts in each real set (a seeded sample, for a quick look; null: all)."""
     out: str = "outputs/validate-scorer"
     """Folder for validation.md, validation.csv and the plots."""
     labels: str | None = None
@@ -136,10 +139,13 @@ def validate(args: Args) -> dict[str, Any]:
     real: list[dict[str, Any]] = []
     if args.official and (Path(args.official) / "results").is_dir():
         real = load_labels(args.labels or LABELS_PATH, official=args.official)
-        held = set(get_classifier("minilm").meta.get("held_out", ["qwen2.5"]))
+        held = set(get_classifier("minilm").meta.get("held_out", ["qwen2.5"]))  # every trained head's
         test = [r for r in real if FAMILY_GROUPS.get(r["family"], r["family"]) in held]
-        sets["real-heldout"] = ([r["text"] for r in test], [r["label"] for r in test])
-        sets["real-all"] = ([r["text"] for r in real], [r["label"] for r in real])
+        for name, rows in (("real-heldout", test), ("real-all", real)):
+            if args.real_limit is not None and len(rows) > args.real_limit:
+                keep = np.sort(np.random.default_rng(0).choice(len(rows), args.real_limit, replace=False))
+                rows = [rows[i] for i in keep]
+            sets[name] = ([r["text"] for r in rows], [r["label"] for r in rows])
     if real:
         sets["authors"] = _official(Path(args.official), args.family, args.alpha, args.official_limit)
     elif args.official:

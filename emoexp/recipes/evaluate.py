@@ -10,7 +10,7 @@ Inputs (any mix):
   EmotionQuery+ (``--queries``; default ``<results>/../dataset/EmotionQuery+/EmotionQuery+.json``).
 
 - a finished ``emoexp run`` output folder, or ``--run_id`` of its MLflow parent: re-scored with
-  ``--eps`` (default ``minilm``) without generating again, into ``<folder>/rescored/<scorer>/``
+  ``--eps`` (default ``minilm-smollm2``) without generating again, into ``<folder>/rescored/<scorer>/``
   and the same MLflow parent (:mod:`emoexp.recipes.rescore`).
 
 Outputs, next to ``--out`` (``.jsonl`` or ``.csv``): the scored rows, then
@@ -34,7 +34,7 @@ import pandas as pd
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..eval.normalise import strip_special
-from ..vocab import EMOTIONS, Metric
+from ..vocab import DEFAULT_EPS, EMOTIONS, Metric
 
 __all__ = ["Args", "main", "read_generations", "read_jsonl", "read_official", "strip_special"]
 
@@ -144,7 +144,7 @@ class Args:
     backend: Literal["offline", "paper"] = "offline"
     """Backend preset."""
     eps: str | None = None
-    """EPS backend: minilm | embed:<encoder> | nli:<model>."""
+    """EPS backend: minilm-smollm2 (default) | minilm | minilm-written | minilm-zeroshot | embed:<encoder> | nli:<model>."""
     topic: str | None = None
     """Topic backend: minilm | embed:<encoder> | judge | hf:<model>."""
     eas: str | None = None
@@ -238,7 +238,7 @@ def _run(args: Args) -> int:
 
         if args.run_id and args.inputs or len(args.inputs) > 1:
             raise ValueError("re-scoring takes one run: an output folder or --run_id, not both or several")
-        rescore(args.inputs[0] if args.inputs else None, args.eps or "minilm", run_id=args.run_id, mlflow=args.mlflow)
+        rescore(args.inputs[0] if args.inputs else None, args.eps or DEFAULT_EPS, run_id=args.run_id, mlflow=args.mlflow)
         return 0
     if not args.inputs:
         raise ValueError("nothing to score: give generation files, the authors' results folder, a run folder or --run_id")
