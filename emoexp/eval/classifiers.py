@@ -150,6 +150,11 @@ class Prototypes:
         return EmotionResult(self.labels, probs, enc.truncated, self.config())
 
 
+def standardise(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float) -> torch.Tensor:
+    """A probe's reading ``[N, hidden]`` as head features: ``(raw - mean) / std / sqrt(hidden) * scale``."""
+    return (raw - mean) / std / raw.shape[1] ** 0.5 * scale
+
+
 class EmotionHead:
     """A softmax layer over sentence embeddings: ``p = softmax((W x + b) / T)``, where ``x`` is the
     embedding of the text (normalised first when ``meta["normalise"]``), followed by its
@@ -205,8 +210,7 @@ class EmotionHead:
     def standardise(self, raw: torch.Tensor) -> torch.Tensor:
         """The probe's part of the features from its raw reading ``[N, hidden]``."""
         assert self.probe_stats is not None
-        mean, std = self.probe_stats
-        return (raw - mean) / std / raw.shape[1] ** 0.5 * float(self.meta["probe"]["scale"])
+        return standardise(raw, *self.probe_stats, float(self.meta["probe"]["scale"]))
 
     @classmethod
     def load(cls, path: str | Path = REAL_HEAD_PATH, name: str = MINILM) -> EmotionHead:

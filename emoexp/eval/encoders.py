@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Encoded:
     truncated: list[bool]
 
 
-class CachedReader:
+class CachedReader(ABC):
     """``encode(texts)`` through a cache of the most recent texts' readings; a subclass sets
     ``cache_size`` and ``_cache`` (an ``OrderedDict``) and computes ``_encode(texts, progress)``
     for texts not cached yet, and ``dim`` (its output size)."""
@@ -59,11 +60,13 @@ class CachedReader:
     _cache: OrderedDict[str, tuple[torch.Tensor, bool]]
 
     @property
+    @abstractmethod
     def dim(self) -> int:
-        raise NotImplementedError
+        """Size of one reading."""
 
+    @abstractmethod
     def _encode(self, texts: list[str], *, progress: bool) -> Encoded:
-        raise NotImplementedError
+        """Readings of ``texts`` (none of them cached), in order."""
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> Encoded:

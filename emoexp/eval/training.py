@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .classification import classification_report
-from .classifiers import HEAD_PATH, LABELS, EmotionHead, load_labelled
+from .classifiers import HEAD_PATH, LABELS, EmotionHead, load_labelled, standardise
 from .encoders import MINILM, get_encoder
 
 __all__ = ["FAMILY_GROUPS", "TrainingData", "fit_head", "fit_temperature", "grouped_cv", "probe_readings",
@@ -156,9 +156,7 @@ def fit_head(texts: Sequence[str], labels: Sequence[str], *,
     if probe:
         raw = probe_raw if probe_raw is not None else probe_readings(texts, probe, normalise=normalise)
         stats = (raw.mean(0), raw.std(0).clamp(min=1e-6))
-        unfitted = EmotionHead(torch.zeros(len(LABELS), 1), torch.zeros(len(LABELS)), {"probe": probe}, encoder,
-                               probe_stats=stats)
-        x = torch.cat([x, unfitted.standardise(raw)], dim=1)
+        x = torch.cat([x, standardise(raw, *stats, float(probe["scale"]))], dim=1)
     y = torch.tensor([LABELS.index(lab) for lab in labels])
     scores: dict[float, float] = {}
     if l2 is None:
