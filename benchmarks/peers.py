@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from report import DOC, machine, write_section
+from report import DOC, load_note, machine, write_section
 
 LIMITS = {"min_topic_ratio": 0.8, "max_rep_ratio": 1.5}
 REPENG_LAYERS = list(range(-5, -18, -1))  # its README's layers (of a 32-layer model); all but the first below 18
@@ -229,11 +230,13 @@ def main() -> None:
     if args.report_only:  # the table again from the saved replies and scores
         scored = pd.read_json(save / "scores.jsonl", lines=True)
         old = save / "results.json"
-        times = json.loads(old.read_text())["times"] if old.is_file() else {}
+        saved = json.loads(old.read_text()) if old.is_file() else {}
+        times, load15 = saved.get("times", {}), saved.get("load_15min")
         grids = {m: sorted(g["alpha"].unique()) for m, g in scored[scored["condition"] == "steered"].groupby("method")}
     else:
         grids = {k: v for k, v in (("repeng", args.repeng), ("steering-vectors", args.sv)) if v}
         scored, times = generate_and_score(cfg, grids, scorers[0])
+        load15 = os.getloadavg()[2]  # how busy the machine was while the peers ran
         save.mkdir(parents=True, exist_ok=True)
         scored.to_json(save / "scores.jsonl", orient="records", lines=True, force_ascii=False)
 
@@ -269,7 +272,7 @@ def main() -> None:
         f"## Peers: the same EmotionQuery work, the same scorer\n\n"
         f"Machine: {machine()}. Measured {time.strftime('%Y-%m-%d %H:%M', time.localtime(made))} with "
         f"`python benchmarks/peers.py {' '.join(args.runs)}` "
-        f"({times.get('generation and scoring', times.get('total', 0)) / 60:.0f} min, other jobs sharing the 2 cores).\n\n"
+        f"({times.get('generation and scoring', times.get('total', 0)) / 60:.0f} min{load_note(load15)}).\n\n"
         f"Model `{cfg.model}`; vectors from {cfg.extract.limit} EmotionQuery queries per emotion "
         f"({cfg.conditioning} conditioning); replies to {n_q} EmotionQuery+ queries, greedy, "
         f"{cfg.max_new_tokens} new tokens; scorer `{scorers[0]}`. Best gain of P(target) over unsteered "
@@ -284,7 +287,7 @@ def main() -> None:
     print(section)
     write_section(args.out, "## Peers:", section)
     (save / "results.json").write_text(json.dumps({"results": results, "times": times, "same_unsteered": same,
-                                                   "changed_at_largest": changed,
+                                                   "changed_at_largest": changed, "load_15min": load15,
                                                    "grids": grids, "scorer": scorers[0]}, indent=2,
                                                   default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
 

@@ -18,6 +18,12 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
+def load_note(load15: float | None) -> str:
+    """``"; 15-minute load average 2.1 on 2 cores at the end"`` (what else ran is then measured, not
+    assumed), or nothing where it was not recorded."""
+    return "" if load15 is None else f"; 15-minute load average {load15:.1f} on {os.cpu_count()} cores at the end"
+
+
 def write_section(path: str | Path, heading: str, section: str) -> None:
     """Replace the section starting with ``heading`` (e.g. ``"## CPU:"``) by ``section``, or
     append it if the file has none."""

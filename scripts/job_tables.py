@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from emoexp.eval.stats import best_per_target
-from emoexp.recipes.run import results_table
+from emoexp.eval.summary import results_table
 
 
 def best_table(agg: pd.DataFrame) -> str:

@@ -5,7 +5,7 @@ It starts `mlflow server` on loopback over ./mlruns (the store `emoexp run` writ
 opens the pages in Debian's headless Chromium (`bash scripts/install.sh --browser`) exactly as
 the links emoexp prints, and writes PNG files.
 
-Run: .venv/bin/python scripts/mlflow_screens.py --experiment families --emotion joy --out docs/img
+Run (after the README's two default jobs): .venv/bin/python scripts/mlflow_screens.py --experiment emoexp-default --emotion joy --out docs/img
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--experiment", default="families")
+    ap.add_argument("--experiment", default="emoexp-default")
     ap.add_argument("--emotion", default="joy", help="the chart section to show")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--size", default="1600x1000")

@@ -76,7 +76,8 @@ class HiddenMeans(CachedReader):
             idx = order[s:s + self.batch_size]
             batch = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                                    max_length=self.max_length).to(self.device)
-            hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
+            # the base model (no language-model head: its logits would be a fifth of the work, unused)
+            hidden = self.model.base_model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu()
         return Encoded(out, [n > self.max_length for n in lengths])

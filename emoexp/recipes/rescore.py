@@ -129,7 +129,7 @@ def rescore(folder: str | Path | None, eps: str, *, run_id: str | None = None, m
     """Re-score a run (an output folder, or an MLflow parent ``run_id``) with scorer ``eps``;
     returns the folder the new tables went to. See the module doc."""
     from ..eval.classifiers import scorer_identity
-    from .run import results_table
+    from ..eval.summary import results_table
 
     scorer = scorer_identity(eps)  # an unknown scorer fails here, before anything is read or written
     if run_id is not None:
@@ -161,9 +161,9 @@ def rescore(folder: str | Path | None, eps: str, *, run_id: str | None = None, m
 
 def _log(experiment: str, sha: str, cfg: dict[str, Any], scorer: str, table: pd.DataFrame, agg: pd.DataFrame,
          summary: str, out: Path) -> None:
+    from ..eval.summary import summary_metrics
     from ..tracking import Study
     from ..tracking.meta import child_key
-    from .run import summary_metrics
 
     study = Study(experiment, sha, cfg, {"model_id": cfg.get("model")}, watch=False, scorer=scorer)
     parent = study.attach()

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, to_dict
+from ..eval.summary import results_table, summary_metrics
 from ..fingerprint import NOT_RESULT_SHAPING, result_identity
 from ..redact import log
 from ..workdir import slug
 
-__all__ = ["Args", "RunJob", "changes", "main", "prepare", "results_table", "run", "slug"]
+__all__ = ["Args", "RunJob", "changes", "main", "prepare", "run", "slug"]
 
 Args = RunConfig
 
@@ -322,51 +323,6 @@ def _config_yaml(cfg: RunConfig) -> str:
     from ..config import dump
 
     return "# the resolved config of this run: emoexp run --config config.yaml reproduces it\n" + dump(cfg)
-
-
-def summary_metrics(agg: Any, n_generations: int) -> dict[str, float]:
-    """Parent-run metrics: per target the best target-probability gain within the topic and
-    repetition limits (and its alpha), the prompt baseline's gain; counts."""
-    from ..eval.stats import best_per_target
-
-    out: dict[str, float] = {"n_generations": float(n_generations)}
-    for b in best_per_target(agg):
-        t = b["target"]
-        out.update({f"gain.{t}": b["gain"], f"best_alpha.{t}": b["alpha"], f"prompt_gain.{t}": b["prompt_gain"],
-                    f"topic_ratio.{t}": b["topic_ratio"], f"repetition_ratio.{t}": b["rep_ratio"]})
-    return out
-
-
-def results_table(agg: Any) -> str:
-    """Markdown tables for the terminal: the target emotion's probability per target under
-    unsteered, the prompt baseline and each alpha; then topic consistency, repetition and
-    perplexity per alpha (mean over targets)."""
-    import pandas as pd
-
-    steered = agg[agg["condition"] == "steered"]
-    alphas = sorted(steered["alpha"].dropna().unique())
-    unst = agg[agg["condition"] == "unsteered"]
-
-    def cell(frame: Any, col: str) -> float:
-        return float(frame[col].iloc[0]) if len(frame) and col in frame and pd.notna(frame[col].iloc[0]) else float("nan")
-
-    rows = []
-    for tgt in sorted(steered["target"].dropna().unique()):
-        col = f"p_{tgt}"
-        pr = agg[(agg["condition"] == "prompt") & (agg["target"] == tgt)]
-        rows.append({"target": tgt, "unsteered": cell(unst, col), "prompt": cell(pr, col),
-                     **{f"α={a:g}": cell(steered[(steered["target"] == tgt) & (steered["alpha"] == a)], col)
-                        for a in alphas}})
-    parts = ["P(target emotion) — offline EPS", "",
-             pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f", missingval="—")]
-    metrics = [m for m in ("topic", "repetition", "perplexity", "intensity") if m in agg.columns]
-    if metrics:
-        groups = [("unsteered", unst), ("prompt", agg[agg["condition"] == "prompt"])]
-        groups += [(f"steered α={a:g}", steered[steered["alpha"] == a]) for a in alphas]
-        table = pd.DataFrame([{"condition": name, **{m: frame[m].mean() for m in metrics}}
-                              for name, frame in groups if len(frame)])
-        parts += ["", table.to_markdown(index=False, floatfmt=".3f")]
-    return "\n".join(parts)
 
 
 #: Left out of a run's name (:func:`changes`): what does not shape results (but ``limit``, which
