@@ -211,8 +211,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="finished `emoexp run` folders (the first one's config drives the peers)")
     ap.add_argument("--repeng", type=float, nargs="*", default=[0.5, 1.0, 2.0, 4.0, 8.0],
                     help="repeng coefficients (its vectors are unit length per layer)")
-    ap.add_argument("--sv", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0, 2.0],
-                    help="steering-vectors multipliers (its vectors are raw mean differences at every layer)")
+    ap.add_argument("--sv", type=float, nargs="*", default=[0.01, 0.02, 0.04, 0.06, 0.09, 0.125, 0.25, 0.5, 1.0, 2.0],
+                    help="steering-vectors multipliers (its vectors are raw mean differences added at every layer, "
+                         "so they compound: on SmolLM2 everything from x 0.125 up leaves the topic)")
     ap.add_argument("--save", default="outputs/peers", help="folder for the generations and scores")
     ap.add_argument("--out", default=str(DOC))
     ap.add_argument("--report_only", action="store_true", help="rewrite the table from --save's replies and scores")

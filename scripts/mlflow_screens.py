@@ -25,12 +25,40 @@ from emoexp.tracking.client import ui_url
 
 NO_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
                 "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+#: The runs table as people read it: the name column wide enough for the names, and the oldest parent
+#: (the main job, where the README's runs are) unfolded to show its children.
+UNFOLD_JS = """
+const rows = [...document.querySelectorAll('.ag-center-cols-container .ag-row, .ag-pinned-left-cols-container .ag-row')];
+const buttons = [...document.querySelectorAll('.ag-row button[data-component-id*="runnamecellrenderer"]')];
+if (!buttons.length) return 0;
+buttons[buttons.length - 1].click();
+return buttons.length;
+"""
 SECTION_JS = """
 const head = [...document.querySelectorAll('body *')].find(e => e.childElementCount === 0 && e.textContent === arguments[0]);
 if (!head) return false;
 head.scrollIntoView({block: 'start'});
 return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length > 0;
 """
+
+
+def _widen_names(driver: object, px: int) -> None:
+    """Drag the right edge of the table's Run Name header by ``px`` pixels (the UI's own resize)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    handle = driver.find_element(By.CSS_SELECTOR, '.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize')
+    ActionChains(driver).click_and_hold(handle).move_by_offset(px, 0).release().perform()
+
+
+def _pointer_to_corner(driver: object) -> None:
+    """Move the mouse to the page's top-left corner (the logo), off every chart."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    body = driver.find_element(By.TAG_NAME, "body")
+    size = body.size
+    ActionChains(driver).move_to_element_with_offset(body, -size["width"] // 2 + 5, -size["height"] // 2 + 5).perform()
 
 
 def main() -> None:
@@ -53,10 +81,16 @@ def main() -> None:
             d.get(runs)
             wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"),
                      "the runs table's rows", ok=lambda n: bool(n), timeout=60)
+            parents = d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length")
+            _widen_names(d, 200)
+            d.execute_script(UNFOLD_JS)
+            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"),
+                     "a parent's children", ok=lambda n: n > parents, timeout=60)
             d.execute_script("return new Promise(r => setTimeout(r, 1000))")
             d.save_screenshot(str(out / f"mlflow-runs-{a.experiment}.png"))
             d.get(runs + "&compareRunsMode=CHART")
             wait_for(d, lambda d: d.execute_script(SECTION_JS, a.emotion), f"the {a.emotion} charts", timeout=60)
+            _pointer_to_corner(d)  # no hover toolbars over the charts
             d.execute_script("return new Promise(r => setTimeout(r, 1500))")  # let plotly finish drawing
             d.save_screenshot(str(out / f"mlflow-{a.emotion}-curves-{a.experiment}.png"))
         print(f"wrote {out}/mlflow-runs-{a.experiment}.png and mlflow-{a.emotion}-curves-{a.experiment}.png "
