@@ -72,7 +72,7 @@ def render(df: pd.DataFrame, seed: int, ppl_every: int) -> tuple[str, list[tuple
     checks: list[tuple[str, bool]] = []
     out = ["### Base EV: every family\n",
            ("Mean [bootstrap 95% CI] over the 400 EmotionQuery+ answers; `n` = scored (non-empty) answers; "
-            "`cut` = share of them longer than MiniLM's 256 tokens (EPS and topic read the first 256). "
+            "`cut` = share of them longer than 256 tokens for the EPS's readers (MiniLM's, and with `minilm-smollm2` also SmolLM2's tokens; EPS and topic read the first 256). "
             f"Perplexity: SmolLM2-135M-Instruct on every {ppl_every}th query.\n"),
            "| family | α | n | cut | intensity | topic | repetition | perplexity (n) |", "|---|---|---|---|---|---|---|---|"]
     base = agg[agg["target"] == "base"].sort_values(["model", "alpha"])
