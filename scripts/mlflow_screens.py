@@ -25,10 +25,10 @@ from emoexp.tracking.client import ui_url
 
 NO_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
                 "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
-#: The runs table as people read it: the name column wide enough for the names, and the oldest parent
-#: (the main job, where the README's runs are) unfolded to show its children.
+#: How many runs the table lists (parents, and children once unfolded).
+ROWS_JS = "return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"
+#: Unfold the oldest parent (the main job, where the README's runs are) to show its children.
 UNFOLD_JS = """
-const rows = [...document.querySelectorAll('.ag-center-cols-container .ag-row, .ag-pinned-left-cols-container .ag-row')];
 const buttons = [...document.querySelectorAll('.ag-row button[data-component-id*="runnamecellrenderer"]')];
 if (!buttons.length) return 0;
 buttons[buttons.length - 1].click();
@@ -79,13 +79,10 @@ def main() -> None:
         runs = ui_url(server.url, exp.experiment_id)
         with chromium((w, h), init_script=NO_ASSISTANT) as d:
             d.get(runs)
-            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"),
-                     "the runs table's rows", ok=lambda n: bool(n), timeout=60)
-            parents = d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length")
-            _widen_names(d, 200)
+            parents = wait_for(d, lambda d: d.execute_script(ROWS_JS), "the runs table's rows", ok=bool, timeout=60)
+            _widen_names(d, 200)  # names legible, not cut at 190 px
             d.execute_script(UNFOLD_JS)
-            wait_for(d, lambda d: d.execute_script("return document.querySelectorAll('.ag-root a[href*=\"/runs/\"]').length"),
-                     "a parent's children", ok=lambda n: n > parents, timeout=60)
+            wait_for(d, lambda d: d.execute_script(ROWS_JS), "a parent's children", ok=lambda n: n > parents, timeout=60)
             d.execute_script("return new Promise(r => setTimeout(r, 1000))")
             d.save_screenshot(str(out / f"mlflow-runs-{a.experiment}.png"))
             d.get(runs + "&compareRunsMode=CHART")
